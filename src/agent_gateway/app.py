@@ -1,0 +1,229 @@
+"""The gateway as one ASGI app: a lean hand-written path for agent LLM calls, FastAPI for the rest.
+
+`Gateway.__call__` gives every request an id, an in-flight slot, a metric and an access-log
+line, then dispatches: `/api/v1/agents/…` to the relay (no framework on the hot path), all
+else to the FastAPI app in `ops.py` (docs, health, metrics, admin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+from agent_gateway import metrics
+from agent_gateway.asgi import send_error
+from agent_gateway.context import RequestContext
+from agent_gateway.errors import MethodNotAllowed, NotFound, Overloaded, ServerError
+from agent_gateway.limits.rate import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from agent_gateway.relay import AgentRelay
+from agent_gateway.routes import AGENT_PREFIX, build_agent_routes, match_agent_path
+from agent_gateway.settings import Settings
+from agent_gateway.stores.database import Database
+from agent_gateway.stores.ledger import Ledger
+from agent_gateway.stores.profile_cache import ProfileCache, listen_for_changes
+from agent_gateway.stores.profiles import ProfileStore
+from agent_gateway.types import Message, Receive, Scope, Send
+from agent_gateway.upstream import UpstreamClient
+
+access_log = logging.getLogger("agent_gateway.access")
+log = logging.getLogger("agent_gateway")
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+REDIS_TIMEOUT = 0.25  # seconds; a limit check waits no longer than this before its fail mode applies
+
+
+def connect_redis(settings: Settings, timeout: float | None = REDIS_TIMEOUT) -> Redis | None:
+    if not settings.redis_url:
+        return None
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return Redis.from_url(
+        settings.redis_url, password=password, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        from agent_gateway.ops import build_ops_app  # ops imports Gateway for typing only
+
+        self.settings = settings
+        self.database = Database(settings.database_url)
+        self.redis = connect_redis(settings)
+        self.profile_store = ProfileStore(self.database)
+        self.profiles = ProfileCache(self.profile_store)
+        self.limiter: RateLimiter = (
+            RedisRateLimiter(self.redis, settings.limits_fail_mode) if self.redis else MemoryRateLimiter()
+        )
+        self.ledger = Ledger(self.database)
+        self.litellm = UpstreamClient("litellm", settings.litellm_base_url)
+        self.relay = AgentRelay(settings, self.litellm, self.ledger)
+        self.agent_routes = build_agent_routes(settings, self.profiles, self.limiter)
+        self.ops = build_ops_app(self)
+        self.draining = False
+        self.in_flight = 0
+        self._background: list[asyncio.Task[None]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._serve_http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = _request_id(scope["headers"])
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        route = "unmatched"
+        ctx: RequestContext | None = None
+        if self.in_flight >= self.settings.max_concurrent_requests:
+            await send_error(send_with_id, Overloaded(), request_id)
+            self._record(route, status, started, request_id, None)
+            return
+        self.in_flight += 1
+        metrics.IN_FLIGHT.inc()
+        try:
+            if scope["path"].startswith(AGENT_PREFIX):
+                route, ctx = await self._serve_agent(scope, receive, send_with_id, request_id)
+            else:
+                await self.ops(scope, receive, send_with_id)
+                matched = scope.get("route")
+                route = getattr(matched, "path", route)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": request_id, "route": route})
+            if not response_started:
+                await send_error(send_with_id, ServerError(), request_id)
+        finally:
+            self.in_flight -= 1
+            metrics.IN_FLIGHT.dec()
+            self._record(route, status, started, request_id, ctx)
+
+    async def _serve_agent(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str
+    ) -> tuple[str, RequestContext | None]:
+        matched = match_agent_path(scope["path"])
+        route = self.agent_routes.get(matched[1]) if matched else None
+        if matched is None or route is None:
+            await send_error(send, NotFound(), request_id)
+            return "unmatched", None
+        template = f"{AGENT_PREFIX}{{user_id}}/messages{matched[1]}"
+        if scope["method"] != route.method:
+            await send_error(send, MethodNotAllowed(), request_id, [(b"allow", route.method.encode())])
+            return template, None
+        ctx = RequestContext(request_id, route.name, matched[0], scope["headers"], receive)
+        await self.relay.handle(route, ctx, send)
+        return template, ctx
+
+    def _record(self, route: str, status: int, started: float, request_id: str, ctx: RequestContext | None) -> None:
+        elapsed = time.perf_counter() - started
+        metrics.REQUESTS.labels(route=route, status=str(status)).inc()
+        metrics.LATENCY.labels(route=route).observe(elapsed)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "route": route,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+        }
+        if ctx is not None:
+            fields.update(user=ctx.user_id, model=ctx.model, upstream="litellm" if ctx.entry else None)
+            if ctx.entry is not None:
+                fields.update(tokens=ctx.entry.usage.total_tokens, estimated=ctx.entry.usage.estimated)
+        access_log.info("request", extra=fields)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        await self.database.start()
+        await self.ledger.start()
+        await self.litellm.start()
+        if self.settings.redis_url:
+            listener = connect_redis(self.settings, timeout=None)
+            assert listener is not None
+            self._background.append(asyncio.create_task(listen_for_changes(listener, self.profiles)))
+        self._install_drain_on_sigterm()
+        log.info("gateway started", extra={"pid": os.getpid(), "database": self.database.dialect})
+
+    async def shutdown(self) -> None:
+        self.relay.streams.cut_all()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.ledger.close()
+        await self.litellm.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.database.close()
+        log.info("gateway stopped")
+
+    def begin_drain(self) -> None:
+        """SIGTERM: /health turns 503 at once; streams still running after the grace are ended."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining", extra={"grace_seconds": self.settings.shutdown_grace_seconds})
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.settings.shutdown_grace_seconds, self.relay.streams.cut_all)
+
+    def _install_drain_on_sigterm(self) -> None:
+        # The server owns SIGTERM (it stops accepting and waits for requests); we chain onto
+        # its handler so draining starts at the same moment, however the app is served.
+        previous = signal.getsignal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            loop.call_soon_threadsafe(self.begin_drain)
+            if callable(previous):
+                previous(signum, frame)
+
+        try:
+            signal.signal(signal.SIGTERM, on_sigterm)
+        except ValueError:  # not the main thread (an embedded server in tests): no signals here
+            pass
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id" and _REQUEST_ID.match(value):
+            return value.decode()
+    return os.urandom(16).hex()
+
+
+def create_app() -> Gateway:
+    """Factory for `uvicorn --factory agent_gateway.app:create_app` and for WORKERS > 1."""
+    from agent_gateway.logs import configure_logging
+    from agent_gateway.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return Gateway(settings)

@@ -1,0 +1,61 @@
+"""`/health`: every configured dependency checked at once, each within a short timeout (SPEC §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent_gateway.app import Gateway
+
+CHECK_TIMEOUT = 2.0
+
+
+async def check_health(gateway: Gateway) -> dict[str, Any]:
+    checks: dict[str, Callable[[], Awaitable[None]] | None] = {
+        "database": gateway.database.ping,
+        "redis": _redis_ping(gateway) if gateway.redis is not None else None,
+        "litellm": lambda: _http_ok(gateway, "/health/liveliness"),
+    }
+    names = list(checks)
+    results = await asyncio.gather(*(_run(checks[name]) for name in names))
+    report = dict(zip(names, results, strict=True))
+    healthy = all(result["status"] in ("ok", "not_configured") for result in results)
+    status = "draining" if gateway.draining else ("ok" if healthy else "error")
+    return {"status": status, "checks": report}
+
+
+def _redis_ping(gateway: Gateway) -> Callable[[], Awaitable[None]]:
+    async def ping() -> None:
+        assert gateway.redis is not None
+        await gateway.redis.ping()
+
+    return ping
+
+
+async def _http_ok(gateway: Gateway, path: str) -> None:
+    status, _ = await gateway.litellm.get_status(path, CHECK_TIMEOUT)
+    if status >= 400:
+        raise RuntimeError(f"HTTP {status}")
+
+
+async def _run(check: Callable[[], Awaitable[None]] | None) -> dict[str, Any]:
+    if check is None:
+        return {"status": "not_configured"}
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await check()
+    except TimeoutError:
+        return {"status": "error", "reason": "timeout", "latency_ms": round(CHECK_TIMEOUT * 1000)}
+    except Exception as exc:
+        # The exception's type and a short text, never a URL with credentials or a stack.
+        reason = str(exc) if isinstance(exc, RuntimeError) else type(exc).__name__
+        return {"status": "error", "reason": reason, "latency_ms": _ms(started)}
+    return {"status": "ok", "latency_ms": _ms(started)}
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

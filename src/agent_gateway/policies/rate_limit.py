@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from agent_gateway.context import RequestContext
+from agent_gateway.errors import RateLimited
+from agent_gateway.limits.rate import RateLimiter
+from agent_gateway.settings import Rate
+
+
+class RateLimitPolicy:
+    """At most `rate` requests per user in any rolling window (429 with `Retry-After` and the
+    IETF `RateLimit` headers, which admitted answers carry too)."""
+
+    def __init__(self, limiter: RateLimiter, rate: Rate, scope: str = "agent") -> None:
+        self.limiter = limiter
+        self.rate = rate
+        self.scope = scope
+
+    async def check(self, ctx: RequestContext) -> None:
+        decision = await self.limiter.hit(f"{self.scope}:{ctx.user_id}", self.rate)
+        headers = decision.headers(self.rate, self.scope)
+        if not decision.allowed:
+            raise RateLimited(retry_after=decision.retry_after, headers=headers)
+        ctx.response_headers.extend((name.lower().encode(), value.encode()) for name, value in headers.items())

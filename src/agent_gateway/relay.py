@@ -1,0 +1,290 @@
+"""The agent LLM routes (SPEC §5): admit through the policy chain, forward, relay, settle.
+
+Every admitted call leaves exactly one ledger row: it is written at admission and settled
+in a `finally`, whatever happens to the client, the upstream or the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+import aiohttp
+import orjson
+
+from agent_gateway import metrics
+from agent_gateway.asgi import send_bytes, send_error, send_json
+from agent_gateway.context import RequestContext
+from agent_gateway.errors import GatewayError, ServiceUnavailable, UpstreamKeyRejected, sse_error_event
+from agent_gateway.forwarding import upstream_body, upstream_headers
+from agent_gateway.policies import Policy, run_policies
+from agent_gateway.settings import Settings
+from agent_gateway.stores.ledger import Ledger, LedgerEntry, Usage
+from agent_gateway.types import Headers, Receive, Send
+from agent_gateway.upstream import UpstreamClient, map_client_error, response_headers
+from agent_gateway.usage import StreamMeter, estimate, read_usage, scrub_usage
+
+_SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRoute:
+    name: str  # chat, responses, embeddings, models: the label in metrics, logs and the ledger
+    method: str
+    upstream_path: str
+    policies: Sequence[Policy]
+
+
+class StreamRegistry:
+    """Streams in progress, so a shutdown can end the ones still running after the grace."""
+
+    def __init__(self) -> None:
+        self.active: set[aiohttp.ClientResponse] = set()
+        self.cut_off = False
+
+    def cut_all(self) -> None:
+        self.cut_off = True
+        for response in list(self.active):
+            response.close()
+
+
+class AgentRelay:
+    def __init__(self, settings: Settings, upstream: UpstreamClient, ledger: Ledger) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.ledger = ledger
+        self.streams = StreamRegistry()
+        self._json_timeout = aiohttp.ClientTimeout(total=settings.llm_timeout, sock_connect=settings.request_timeout)
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.request_timeout, sock_read=settings.stream_idle_timeout
+        )
+        self._models_timeout = aiohttp.ClientTimeout(total=settings.request_timeout)
+
+    async def handle(self, route: AgentRoute, ctx: RequestContext, send: Send) -> int:
+        """Serve one call; returns the status the client got."""
+        try:
+            await run_policies(route.policies, ctx)
+            if route.name == "models":
+                return await self._models(ctx, send)
+        except GatewayError as error:
+            await send_error(send, error, ctx.request_id, ctx.response_headers)
+            return error.status_code
+        return await self._call(route, ctx, send)
+
+    async def _call(self, route: AgentRoute, ctx: RequestContext, send: Send) -> int:
+        body, client_wants_usage = upstream_body(ctx)
+        entry = LedgerEntry(ctx.user_id, route.name, ctx.model, ctx.request_id)
+        entry.usage.prompt_tokens = ctx.prompt_estimate
+        entry.reserved_tokens = ctx.reserve_tokens
+        self.ledger.admit(entry)
+        ctx.entry = entry
+        outcome = _Outcome(ctx)
+        try:
+            if ctx.stream:
+                await self._relay_stream(route, ctx, body, client_wants_usage, send, outcome)
+            else:
+                await self._relay_json(route, ctx, body, send, outcome)
+        except GatewayError as error:
+            outcome.fail(error)
+            if not outcome.started:
+                await send_error(send, error, ctx.request_id, ctx.response_headers)
+        finally:
+            self._settle(ctx, entry, outcome)
+        return outcome.status
+
+    async def _relay_json(
+        self, route: AgentRoute, ctx: RequestContext, body: bytes, send: Send, outcome: _Outcome
+    ) -> None:
+        async with self.upstream.request(
+            "POST", route.upstream_path, headers=upstream_headers(ctx), body=body, timeout=self._json_timeout
+        ) as response:
+            try:
+                content = await response.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise map_client_error(exc, self.upstream.name) from None
+            status = response.status
+            headers = response_headers(response)
+        outcome.status = status
+        if status in (401, 403):
+            raise UpstreamKeyRejected()
+        if status < 400:
+            content = self._metered_json(route, content, outcome)
+        outcome.started = True
+        headers.append((b"content-length", str(len(content)).encode()))
+        await send_bytes(send, status, headers + ctx.response_headers, content)
+
+    def _metered_json(self, route: AgentRoute, content: bytes, outcome: _Outcome) -> bytes:
+        """Read the usage; give Letta a `usage` it accepts (no nulls; zeros when missing)."""
+        try:
+            payload = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            return content
+        if not isinstance(payload, dict):
+            return content
+        usage = payload.get("usage")
+        outcome.usage = read_usage(usage)
+        if usage is None and route.name == "chat":
+            payload["usage"] = dict(_ZERO_USAGE)
+            return orjson.dumps(payload)
+        return orjson.dumps(payload) if scrub_usage(usage) else content
+
+    async def _relay_stream(
+        self,
+        route: AgentRoute,
+        ctx: RequestContext,
+        body: bytes,
+        client_wants_usage: bool,
+        send: Send,
+        outcome: _Outcome,
+    ) -> None:
+        async with self.upstream.request(
+            "POST",
+            route.upstream_path,
+            headers=upstream_headers(ctx),
+            body=body,
+            timeout=self._stream_timeout,
+            headers_within=self.settings.request_timeout,
+        ) as response:
+            outcome.status = response.status
+            if response.status in (401, 403):
+                raise UpstreamKeyRejected()
+            if response.status >= 400 or not response.content_type.startswith("text/event-stream"):
+                # An error (or a JSON answer to a stream request) passes through as a whole.
+                try:
+                    content = await response.read()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise map_client_error(exc, self.upstream.name) from None
+                if response.status < 400:
+                    content = self._metered_json(route, content, outcome)
+                outcome.started = True
+                headers = [*response_headers(response), (b"content-length", str(len(content)).encode())]
+                await send_bytes(send, response.status, headers + ctx.response_headers, content)
+                return
+            self.streams.active.add(response)
+            try:
+                await self._pump(ctx, response, client_wants_usage, send, outcome)
+            finally:
+                self.streams.active.discard(response)
+
+    async def _pump(
+        self,
+        ctx: RequestContext,
+        response: aiohttp.ClientResponse,
+        client_wants_usage: bool,
+        send: Send,
+        outcome: _Outcome,
+    ) -> None:
+        meter = StreamMeter(drop_forced_usage=not client_wants_usage)
+        outcome.meter = meter
+        await send({"type": "http.response.start", "status": response.status, "headers": _SSE_HEADERS + [
+            *ctx.response_headers
+        ]})
+        outcome.started = True
+        watcher = asyncio.create_task(_watch_disconnect(ctx.receive, outcome))
+        first = True
+        drained = 0
+        try:
+            async with asyncio.timeout(None) as deadline:
+                async for chunk in response.content.iter_any():
+                    if outcome.client_gone:
+                        # The client left: keep reading, bounded, for the usage LiteLLM bills.
+                        if drained == 0:
+                            deadline.reschedule(asyncio.get_running_loop().time() + self.settings.stream_drain_seconds)
+                        drained += len(chunk)
+                        meter.feed(chunk)
+                        if meter.usage is not None or meter.done or drained > self.settings.stream_drain_bytes:
+                            break
+                        continue
+                    ready = meter.feed(chunk)
+                    if ready:
+                        if first:
+                            metrics.TIME_TO_FIRST_BYTE.labels(route=ctx.route).observe(time.perf_counter() - ctx.started)
+                            first = False
+                        await send({"type": "http.response.body", "body": ready, "more_body": True})
+        except TimeoutError:
+            pass  # the drain ran out of time: the estimate stands
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            error = ServiceUnavailable("The gateway is shutting down.") if self.streams.cut_off else map_client_error(
+                exc, self.upstream.name
+            )
+            if not outcome.client_gone:
+                await send({"type": "http.response.body", "body": sse_error_event(error, ctx.request_id),
+                            "more_body": True})
+        finally:
+            watcher.cancel()
+        if not outcome.client_gone:
+            await send({"type": "http.response.body", "body": meter.flush(), "more_body": False})
+
+    def _settle(self, ctx: RequestContext, entry: LedgerEntry, outcome: _Outcome) -> None:
+        usage = outcome.final_usage(ctx.prompt_estimate)
+        if self.ledger.settle(entry, outcome.status, usage):
+            for hook in ctx.settle_hooks:
+                hook(usage)
+            if usage.total_tokens and ctx.model:
+                metrics.TOKENS.labels(model=ctx.model, kind="prompt").inc(usage.prompt_tokens)
+                metrics.TOKENS.labels(model=ctx.model, kind="completion").inc(usage.completion_tokens)
+
+    async def _models(self, ctx: RequestContext, send: Send) -> int:
+        async with self.upstream.request(
+            "GET", "/models", headers=upstream_headers(ctx), timeout=self._models_timeout
+        ) as response:
+            try:
+                content = await response.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise map_client_error(exc, self.upstream.name) from None
+            status, headers = response.status, response_headers(response)
+        if status in (401, 403):
+            raise UpstreamKeyRejected()
+        allowed = ctx.profile.allowed_models if ctx.profile else None
+        if status == 200 and allowed is not None:
+            payload = orjson.loads(content)
+            payload["data"] = [model for model in payload.get("data", []) if model.get("id") in allowed]
+            await send_json(send, status, payload, ctx.response_headers)
+            return status
+        headers.append((b"content-length", str(len(content)).encode()))
+        await send_bytes(send, status, headers + ctx.response_headers, content)
+        return status
+
+
+class _Outcome:
+    """How a call ended, as far as billing is concerned."""
+
+    __slots__ = ("client_gone", "ctx", "meter", "started", "status", "usage")
+
+    def __init__(self, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.status = 0
+        self.started = False
+        self.client_gone = False
+        self.usage: Usage | None = None
+        self.meter: StreamMeter | None = None
+
+    def fail(self, error: GatewayError) -> None:
+        if not self.started:
+            self.status = error.status_code
+
+    def final_usage(self, prompt_estimate: int) -> Usage:
+        if self.meter is not None and self.meter.usage is not None:
+            return self.meter.usage
+        if self.usage is not None:
+            return self.usage
+        if self.meter is None and self.status >= 400 and self.status != 504:
+            return Usage()  # refused before any work (by LiteLLM, or unreachable): nothing billed
+        # A timeout, a broken or abandoned stream, an answer without usage: LiteLLM may bill.
+        streamed = self.meter.streamed_bytes if self.meter is not None else 0
+        return estimate(prompt_estimate, streamed)
+
+
+async def _watch_disconnect(receive: Receive, outcome: _Outcome) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            outcome.client_gone = True
+            return
+

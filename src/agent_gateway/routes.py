@@ -1,0 +1,45 @@
+"""The agent routes and, for each, its admission chain in the order SPEC §5 gives."""
+
+from __future__ import annotations
+
+from agent_gateway.limits.rate import RateLimiter
+from agent_gateway.policies.body import BodyPolicy
+from agent_gateway.policies.models import ModelAllowListPolicy
+from agent_gateway.policies.profile import ProfilePolicy
+from agent_gateway.policies.rate_limit import RateLimitPolicy
+from agent_gateway.policies.secret import SecretPolicy
+from agent_gateway.relay import AgentRoute
+from agent_gateway.settings import Settings
+from agent_gateway.stores.profile_cache import ProfileCache
+
+AGENT_PREFIX = "/api/v1/agents/"
+
+
+def build_agent_routes(settings: Settings, profiles: ProfileCache, limiter: RateLimiter) -> dict[str, AgentRoute]:
+    """Routes by the path after `/api/v1/agents/{user_id}/messages`."""
+    secret = SecretPolicy(settings.agent_secrets, settings.agent_tokens_only)
+    llm_chain = [
+        secret,  # 1. user id well-formed, agent secret or the user's derived token
+        BodyPolicy(settings.max_body_bytes, settings.default_reserve_tokens),  # 2. body
+        ProfilePolicy(profiles),  # 3. profile, cached
+        ModelAllowListPolicy(),  # 4. allowed models
+        RateLimitPolicy(limiter, settings.rate_limit_agent),  # 5. request rate
+        # 6. token rate and monthly limit: reserve-then-settle (BudgetPolicy) goes here.
+    ]
+    chat = AgentRoute("chat", "POST", "/chat/completions", llm_chain)
+    return {
+        "": chat,
+        "/chat/completions": chat,
+        "/responses": AgentRoute("responses", "POST", "/responses", llm_chain),
+        "/embeddings": AgentRoute("embeddings", "POST", "/embeddings", llm_chain),
+        "/models": AgentRoute("models", "GET", "/models", [secret, ProfilePolicy(profiles)]),
+    }
+
+
+def match_agent_path(path: str) -> tuple[str, str] | None:
+    """(user_id, suffix) for `/api/v1/agents/{user_id}/messages{suffix}`, else None."""
+    user_id, _, rest = path[len(AGENT_PREFIX) :].partition("/")
+    if not rest.startswith("messages"):
+        return None
+    suffix = rest[len("messages") :].rstrip("/")
+    return user_id, suffix

@@ -1,0 +1,127 @@
+"""User profiles (SPEC §4): who may call, with which LiteLLM key, which models, what monthly limit."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+import sqlalchemy as sa
+
+from agent_gateway.stores.database import Database
+
+USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    id: str
+    litellm_key: str
+    allowed_models: frozenset[str] | None = None
+    monthly_limit: int | None = None
+    created_at: datetime | None = None
+
+    def allows(self, model: str) -> bool:
+        return self.allowed_models is None or model in self.allowed_models
+
+    def __repr__(self) -> str:
+        # The key never appears in a repr, so it cannot reach a log line by accident.
+        return f"Profile(id={self.id!r}, litellm_key={mask_key(self.litellm_key)!r})"
+
+
+def mask_key(key: str) -> str:
+    """Enough of a key to tell two apart in a listing, never enough to use it."""
+    if len(key) <= 8:
+        return "****"
+    return f"{key[:3]}…{key[-4:]}"
+
+
+class ProfileSource(Protocol):
+    async def get(self, user_id: str) -> Profile | None: ...
+
+
+class ProfileStore:
+    """Profiles in the gateway's own database (SQLite or PostgreSQL)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    @property
+    def _table(self) -> sa.Table:
+        return self.database.profiles
+
+    @property
+    def _key(self) -> sa.Column[Any]:
+        return self._table.c[self.database.key_column]
+
+    async def get(self, user_id: str) -> Profile | None:
+        query = sa.select(self._table).where(self._table.c.id == user_id)
+        async with self.database.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return self._profile(row) if row else None
+
+    async def list(self) -> list[Profile]:
+        async with self.database.connect() as conn:
+            rows = (await conn.execute(sa.select(self._table).order_by(self._table.c.id))).mappings().all()
+        return [self._profile(row) for row in rows]
+
+    async def add(self, profile: Profile) -> bool:
+        """Insert; False when the id is taken."""
+        if await self.get(profile.id) is not None:
+            return False
+        values = {
+            "id": profile.id,
+            self.database.key_column: profile.litellm_key,
+            "allowed_models": self._models_value(profile.allowed_models),
+            "monthly_limit": profile.monthly_limit,
+        }
+        async with self.database.begin() as conn:
+            await conn.execute(sa.insert(self._table).values(**values))
+        return True
+
+    async def update(self, user_id: str, **changes: Any) -> bool:
+        """Apply `changes` (litellm_key, allowed_models, monthly_limit); False when no such user."""
+        values: dict[str, Any] = {}
+        if "litellm_key" in changes:
+            values[self.database.key_column] = changes["litellm_key"]
+        if "allowed_models" in changes:
+            values["allowed_models"] = self._models_value(changes["allowed_models"])
+        if "monthly_limit" in changes:
+            values["monthly_limit"] = changes["monthly_limit"]
+        async with self.database.begin() as conn:
+            result = await conn.execute(sa.update(self._table).where(self._table.c.id == user_id).values(**values))
+        return bool(result.rowcount)
+
+    async def remove(self, user_id: str) -> bool:
+        async with self.database.begin() as conn:
+            result = await conn.execute(sa.delete(self._table).where(self._table.c.id == user_id))
+        return bool(result.rowcount)
+
+    def _models_value(self, models: frozenset[str] | Sequence[str] | None) -> Any:
+        if models is None:
+            return None
+        ordered = sorted(models)
+        column_type = self._table.c.allowed_models.type
+        if isinstance(column_type, sa.ARRAY | sa.JSON):
+            return ordered
+        return orjson.dumps(ordered).decode()
+
+    def _profile(self, row: Any) -> Profile:
+        return Profile(
+            id=str(row["id"]),
+            litellm_key=row[self.database.key_column] or "",
+            allowed_models=parse_models(row["allowed_models"]),
+            monthly_limit=row["monthly_limit"],
+            created_at=row.get("created_at"),
+        )
+
+
+def parse_models(value: Any) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = orjson.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
+    return frozenset(str(model) for model in value)

@@ -1,0 +1,153 @@
+"""What a call cost: usage read from JSON answers and SSE streams, or estimated (SPEC §4).
+
+The stream side works on whole SSE events as they arrive: it forwards every complete event
+at once and keeps only an unfinished tail, so it never holds back what the client could use.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from agent_gateway.stores.ledger import Usage
+
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+# The generated text and tool arguments inside chunks, for the estimate when no usage comes.
+_STREAMED_TEXT = re.compile(rb'"(?:content|arguments|delta|text)":"((?:[^"\\]|\\.)*)"')
+_DETAILS = ("prompt_tokens_details", "completion_tokens_details", "input_tokens_details", "output_tokens_details")
+
+
+def read_usage(usage: Any) -> Usage | None:
+    """Usage from a chat/embeddings (`prompt_tokens`…) or responses (`input_tokens`…) object."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    total = _int(usage.get("total_tokens")) or prompt + completion
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Usage(prompt, completion, cached, total)
+
+
+def scrub_usage(usage: Any) -> bool:
+    """Drop `null` values inside the token details (Letta rejects them); True if anything went."""
+    changed = False
+    if not isinstance(usage, dict):
+        return False
+    for name in _DETAILS:
+        details = usage.get(name)
+        if isinstance(details, dict) and None in details.values():
+            usage[name] = {key: value for key, value in details.items() if value is not None}
+            changed = True
+        elif name in usage and details is None:
+            del usage[name]
+            changed = True
+    return changed
+
+
+def estimate(prompt_estimate: int, streamed_bytes: int = 0) -> Usage:
+    completion = streamed_bytes // 4
+    return Usage(prompt_estimate, completion, 0, prompt_estimate + completion, estimated=True)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+class StreamMeter:
+    """Splits an SSE byte stream into whole events, reads usage from them and counts the
+    streamed text; drops the usage-only chunk the gateway forced when the client did not ask."""
+
+    def __init__(self, drop_forced_usage: bool) -> None:
+        self.drop_forced_usage = drop_forced_usage
+        self.usage: Usage | None = None
+        self.streamed_bytes = 0
+        self.done = False
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to forward now: every event completed by `chunk`."""
+        data = self._tail + chunk if self._tail else chunk
+        end = _last_event_end(data)
+        if end == 0:
+            self._tail = data
+            return b""
+        ready, self._tail = data[:end], data[end:]
+        for match in _STREAMED_TEXT.finditer(ready):
+            self.streamed_bytes += len(match.group(1))
+        if b"[DONE]" in ready:
+            self.done = True
+        if b'"usage"' in ready or b"response.completed" in ready:
+            return self._rewrite(ready)
+        return ready
+
+    def flush(self) -> bytes:
+        tail, self._tail = self._tail, b""
+        return tail
+
+    def _rewrite(self, ready: bytes) -> bytes:
+        kept: list[bytes] = []
+        for event in _split_events(ready):
+            kept.append(self._inspect(event))
+        return b"".join(kept)
+
+    def _inspect(self, event: bytes) -> bytes:
+        data = _event_data(event)
+        if data is None or data == b"[DONE]":
+            return event
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return event
+        if not isinstance(chunk, dict):
+            return event
+        if chunk.get("type") == "response.completed" and isinstance(chunk.get("response"), dict):
+            self.usage = read_usage(chunk["response"].get("usage")) or self.usage
+            self.done = True
+            return event
+        usage = chunk.get("usage")
+        if usage is None:
+            return event
+        self.usage = read_usage(usage) or self.usage
+        if self.drop_forced_usage and _usage_only(chunk):
+            return b""
+        if self.drop_forced_usage:
+            del chunk["usage"]
+        elif not scrub_usage(usage):
+            return event
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _usage_only(chunk: dict[str, Any]) -> bool:
+    """A chunk that carries nothing but usage: no choices, or choices with empty deltas
+    (LiteLLM sends `[{"index": 0, "delta": {}}]`)."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return False
+    return all(isinstance(c, dict) and not c.get("delta") and not c.get("finish_reason") for c in choices)
+
+
+def _last_event_end(data: bytes) -> int:
+    end = data.rfind(b"\n\n")
+    crlf = data.rfind(b"\r\n\r\n")
+    if crlf >= 0 and crlf + 4 > end + 2:
+        return crlf + 4
+    return end + 2 if end >= 0 else 0
+
+
+def _split_events(ready: bytes) -> list[bytes]:
+    events: list[bytes] = []
+    start = 0
+    for match in _EVENT_END.finditer(ready):
+        events.append(ready[start : match.end()])
+        start = match.end()
+    if start < len(ready):
+        events.append(ready[start:])
+    return events
+
+
+def _event_data(event: bytes) -> bytes | None:
+    lines = [line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None

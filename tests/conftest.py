@@ -1,0 +1,211 @@
+"""Real parts: the gateway as a real `agent-gateway serve` process, a fake LiteLLM over real
+HTTP, the `openai` SDK as the client, and the real Redis and PostgreSQL servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import sqlalchemy as sa
+from openai import AsyncOpenAI, OpenAI
+
+from agent_gateway.stores.database import Database
+from agent_gateway.stores.profiles import Profile, ProfileStore
+from tests.fakes.litellm import FakeLiteLLM
+
+SECRET = "test-agent-secret-7f3a9c"
+USER_KEY_PREFIX = "sk-user-key-"
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class GatewayProcess:
+    env: dict[str, str]
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"gateway-{self.port}.log"
+
+    @property
+    def database_url(self) -> str:
+        return self.env["DATABASE_URL"]
+
+    def start(self) -> GatewayProcess:
+        env = {**os.environ, **self.env, "HOST": "127.0.0.1", "PORT": str(self.port)}
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agent_gateway", "serve"], cwd=self.workdir, env=env, stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/ping", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("gateway did not start in 30 s")
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self._log.close()
+        return code
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+    def agent_base(self, user_id: str) -> str:
+        return f"{self.url}/api/v1/agents/{user_id}/messages"
+
+    def client(self, user_id: str, api_key: str = SECRET, **kwargs: Any) -> OpenAI:
+        return OpenAI(base_url=self.agent_base(user_id), api_key=api_key, max_retries=0, **kwargs)
+
+    def async_client(self, user_id: str, api_key: str = SECRET, **kwargs: Any) -> AsyncOpenAI:
+        return AsyncOpenAI(base_url=self.agent_base(user_id), api_key=api_key, max_retries=0, **kwargs)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def add_profile(database_url: str, user_id: str, **fields: Any) -> Profile:
+    profile = Profile(user_id, fields.pop("litellm_key", USER_KEY_PREFIX + user_id), **fields)
+    database = Database(database_url)
+    try:
+        await database.start()
+        await ProfileStore(database).add(profile)
+    finally:
+        await database.close()
+    return profile
+
+
+async def ledger_rows(database_url: str, user_id: str) -> list[dict[str, Any]]:
+    database = Database(database_url)
+    try:
+        await database.start()
+        async with database.connect() as conn:
+            result = await conn.execute(sa.text("SELECT * FROM usage_ledger WHERE user_id = :u"), {"u": user_id})
+            return [dict(row) for row in result.mappings().all()]
+    finally:
+        await database.close()
+
+
+async def wait_for_rows(database_url: str, user_id: str, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+    """The ledger writes in batches (every 200 ms); wait until `count` settled rows are there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = await ledger_rows(database_url, user_id)
+        settled = [row for row in rows if row["state"] == "settled"]
+        if len(settled) >= count or time.monotonic() > deadline:
+            return rows
+        await asyncio.sleep(0.1)
+
+
+def new_user() -> str:
+    return f"u-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def litellm() -> Iterator[FakeLiteLLM]:
+    fake = FakeLiteLLM().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_factory(
+    litellm: FakeLiteLLM, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., GatewayProcess]]:
+    started: list[GatewayProcess] = []
+
+    def start(**env: str) -> GatewayProcess:
+        workdir = tmp_path_factory.mktemp("gateway")
+        base = {
+            "AGENT_SECRET_KEY": SECRET,
+            "LITELLM_BASE_URL": litellm.url,
+            "DATABASE_URL": f"sqlite:///{workdir}/gateway.db",
+            "LOG_LEVEL": "INFO",
+            "SHUTDOWN_GRACE_SECONDS": "5",
+        }
+        process = GatewayProcess({**base, **env}, workdir).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process is not None and process.process.poll() is None:
+            process.terminate()
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_factory: Callable[..., GatewayProcess]) -> GatewayProcess:
+    """The gateway on embedded defaults (SQLite, in-process limits)."""
+    return gateway_factory()
+
+
+@pytest.fixture
+def user(gateway: GatewayProcess) -> str:
+    user_id = new_user()
+    run(add_profile(gateway.database_url, user_id))
+    return user_id
+
+
+def _require(name: str, check: Callable[[], object]) -> None:
+    try:
+        check()
+    except Exception as exc:  # make test starts the servers; reaching here means they are down
+        pytest.exit(f"{name} is not reachable ({type(exc).__name__}); `make test` starts it", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    _require("Redis at TEST_REDIS_URL", lambda: redis.Redis.from_url(TEST_REDIS_URL).ping())
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A PostgreSQL URL whose search path is a schema of this test's own."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    url = f"{TEST_DATABASE_URL}?schema={schema}"
+    database = Database(url)
+    try:
+        await database.ping()
+    except Exception as exc:
+        pytest.exit(f"PostgreSQL at TEST_DATABASE_URL is not reachable ({type(exc).__name__})", returncode=3)
+    yield url
+    async with database.begin() as conn:
+        await conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    await database.close()

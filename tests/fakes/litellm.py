@@ -1,0 +1,221 @@
+"""A fake LiteLLM proxy over real HTTP: OpenAI JSON and SSE, steered by the model name.
+
+Models:
+- anything else: a normal answer; usage prompt=11 completion=7 total=18 (streams: 5 chunks)
+- `stall`: a stream that sends one chunk, then waits until the test calls `release()`
+- `slow-stream`: chunks 50 ms apart (20 of them)
+- `drop`: a stream that breaks the connection after two chunks
+- `no-usage`: JSON answers without `usage`; streams without a usage chunk
+- `null-details`: usage whose token details hold nulls (as some providers send)
+- `error-500`, `error-429`, `error-400`: LiteLLM's error bodies with those statuses
+- `key-401`: LiteLLM's 401 for a bad key, echoing key fragments as it really does
+- `hang`: never answers (for timeouts)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+STREAM_WORDS = ["Hel", "lo ", "fro", "m f", "ake"]
+
+
+@dataclass
+class Seen:
+    path: str
+    method: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+
+
+@dataclass
+class FakeLiteLLM:
+    host: str = "127.0.0.1"
+    port: int = 0
+    requests: list[Seen] = field(default_factory=list)
+    finished_streams: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _release: asyncio.Event | None = None
+    _thread: threading.Thread | None = None
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> FakeLiteLLM:
+        sock = socket.socket()
+        sock.bind((self.host, 0))
+        self.port = sock.getsockname()[1]
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            self._release = asyncio.Event()
+            app = web.Application()
+            app.router.add_post("/chat/completions", self._chat)
+            app.router.add_post("/responses", self._responses)
+            app.router.add_post("/embeddings", self._embeddings)
+            app.router.add_get("/models", self._models)
+            app.router.add_get("/health/liveliness", self._liveliness)
+            self._runner = web.AppRunner(app, access_log=None)
+            loop.run_until_complete(self._runner.setup())
+            loop.run_until_complete(web.SockSite(self._runner, sock).start())
+            ready.set()
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True, name="fake-litellm")
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        assert self._runner is not None
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        assert self._thread is not None
+        self._thread.join(10)
+
+    def release(self) -> None:
+        """Let `stall` streams go on."""
+        assert self._loop is not None and self._release is not None
+        self._loop.call_soon_threadsafe(self._release.set)
+
+    def reset(self) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._new_release)
+        self.requests.clear()
+
+    def _new_release(self) -> None:
+        self._release = asyncio.Event()
+
+    def last(self) -> Seen:
+        return self.requests[-1]
+
+    def for_user(self, user_id: str) -> list[Seen]:
+        return [seen for seen in self.requests if seen.headers.get("X-User-ID") == user_id]
+
+    async def _record(self, request: web.Request) -> dict[str, Any] | None:
+        raw = await request.read()
+        body = json.loads(raw) if raw else None
+        self.requests.append(Seen(request.path, request.method, dict(request.headers), body))
+        return body
+
+    async def _liveliness(self, request: web.Request) -> web.Response:
+        return web.json_response("I'm alive!")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-3-5-sonnet"]
+        data = [{"id": name, "object": "model", "created": 1677610602, "owned_by": "openai"} for name in models]
+        return web.json_response({"data": data, "object": "list"})
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await self._record(request) or {}
+        usage = {"prompt_tokens": 6, "total_tokens": 6}
+        data = [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}]
+        return web.json_response({"object": "list", "data": data, "model": body.get("model"), "usage": usage})
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request) or {}
+        usage = {"input_tokens": 13, "output_tokens": 9, "total_tokens": 22, "input_tokens_details": {"cached_tokens": 2}}
+        response = {"id": "resp_1", "object": "response", "status": "completed", "model": body.get("model"), "usage": usage,
+                    "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hi"}]}]}
+        if not body.get("stream"):
+            return web.json_response(response)
+        stream = await self._open_stream(request)
+        delta = {"type": "response.output_text.delta", "delta": "Hi"}
+        await stream.write(b"event: response.output_text.delta\ndata: " + json.dumps(delta).encode() + b"\n\n")
+        completed = {"type": "response.completed", "response": response}
+        await stream.write(b"event: response.completed\ndata: " + json.dumps(completed).encode() + b"\n\n")
+        await stream.write_eof()
+        self.finished_streams += 1
+        return stream
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request) or {}
+        model = str(body.get("model"))
+        if model.startswith("error-"):
+            status = int(model.removeprefix("error-"))
+            error = {"message": f"litellm.Error: mock {status}", "type": "internal_server_error", "param": None,
+                     "code": str(status)}
+            return web.json_response({"error": error}, status=status, headers={"x-litellm-call-id": "abc"})
+        if model == "key-401":
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            message = f"Authentication Error, Invalid proxy server token passed. Received API Key = sk-...{key[-4:]}"
+            error = {"message": message, "type": "auth_error", "param": "None", "code": "401"}
+            return web.json_response({"error": error}, status=401)
+        if model == "hang":
+            await asyncio.sleep(3600)
+        if body.get("stream"):
+            return await self._chat_stream(request, body)
+        answer: dict[str, Any] = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hello!"}}],
+        }
+        if model == "null-details":
+            answer["usage"] = {**USAGE, "prompt_tokens_details": {"cached_tokens": None, "audio_tokens": None},
+                               "completion_tokens_details": None}
+        elif model != "no-usage":
+            answer["usage"] = dict(USAGE)
+        return web.json_response(answer, headers={"x-litellm-model-api-base": "https://api.openai.com",
+                                                  "set-cookie": "session=1", "access-control-allow-origin": "*"})
+
+    async def _open_stream(self, request: web.Request) -> web.StreamResponse:
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await stream.prepare(request)
+        return stream
+
+    async def _chat_stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        model = str(body["model"])
+        stream = await self._open_stream(request)
+        words = STREAM_WORDS * 4 if model == "slow-stream" else STREAM_WORDS
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
+            data: dict[str, Any] = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+                                    "choices": [{"index": 0, "delta": delta, **({"finish_reason": finish} if finish else {})}]}
+            if usage is not None:
+                data["usage"] = usage
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        try:
+            for index, word in enumerate(words):
+                await stream.write(chunk({"content": word}))
+                if model == "stall" and index == 0:
+                    assert self._release is not None
+                    await self._release.wait()
+                if model == "slow-stream":
+                    await asyncio.sleep(0.05)
+                if model == "drop" and index == 1:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return stream
+            await stream.write(chunk({}, finish="stop"))
+            include_usage = (body.get("stream_options") or {}).get("include_usage")
+            if include_usage and model != "no-usage":
+                completion = len(words)
+                usage = {"prompt_tokens": 11, "completion_tokens": completion, "total_tokens": 11 + completion}
+                if model == "null-details":
+                    usage["prompt_tokens_details"] = {"cached_tokens": None}
+                await stream.write(chunk({}, usage=usage))
+            await stream.write(b"data: [DONE]\n\n")
+            await stream.write_eof()
+            self.finished_streams += 1
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return stream

@@ -1,0 +1,421 @@
+"""The agent LLM routes end to end: the openai SDK → the gateway process → the fake LiteLLM."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import SECRET, USER_KEY_PREFIX, GatewayProcess, add_profile, new_user, run, wait_for_rows
+from tests.fakes.litellm import USAGE, FakeLiteLLM
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def letta_body(name: str = "letta_chat.json") -> dict[str, Any]:
+    """The body Letta 0.16.8 really sends (captured), or a faithful copy when shared/ is absent."""
+    path = FIXTURES / name
+    if path.exists():
+        return dict(json.loads(path.read_text())["body"])
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "system", "content": "You are a helpful agent." * 200}, {"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "send_message", "parameters": {"type": "object"}}}],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "temperature": 0.7,
+        "max_completion_tokens": None,
+        "user": "user-00000000-0000-4000-8000-000000000000",
+        **({"stream": True, "stream_options": {"include_usage": True}} if "stream" in name else {}),
+    }
+
+
+def test_letta_chat_body_reaches_litellm_with_the_users_key(gateway: GatewayProcess, litellm: FakeLiteLLM,
+                                                            user: str) -> None:
+    body = letta_body()
+    body["model"] = "gpt-4o-mini"
+    client = gateway.client(user)
+    completion = client.chat.completions.create(**body)
+
+    assert completion.choices[0].message.content == "Hello!"
+    assert completion.usage is not None and completion.usage.total_tokens == USAGE["total_tokens"]
+    seen = litellm.for_user(user)[-1]
+    assert seen.path == "/chat/completions"
+    assert seen.headers["Authorization"] == f"Bearer {USER_KEY_PREFIX}{user}"
+    assert seen.headers["X-User-ID"] == user
+    assert seen.headers["Accept-Encoding"] == "identity"
+    assert not any(name.lower().startswith("x-stainless") for name in seen.headers)
+    assert seen.body is not None
+    assert seen.body["user"] == user  # Letta's own actor id is replaced by the billed user
+    assert "max_completion_tokens" not in seen.body  # top-level nulls are dropped
+    assert seen.body["tools"] == body["tools"] and seen.body["tool_choice"] == body["tool_choice"]
+    assert seen.body["parallel_tool_calls"] is False
+
+
+def test_every_call_leaves_one_settled_ledger_row_with_the_upstream_usage(gateway: GatewayProcess, user: str) -> None:
+    client = gateway.client(user)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+    rows = run(wait_for_rows(gateway.database_url, user, 1))
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["state"], row["status"], row["route"], row["model"]) == ("settled", 200, "chat", "gpt-4o-mini")
+    assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (11, 7, 18)
+    assert not row["estimated"]
+
+
+async def test_async_client_and_the_base_path_form(gateway: GatewayProcess, user: str) -> None:
+    client = gateway.async_client(user)
+    completion = await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert completion.usage is not None and completion.usage.prompt_tokens == 11
+
+    # The documented direct form: POST on the base itself.
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            gateway.agent_base(user),
+            headers={"Authorization": f"Bearer {SECRET}"},
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert response.status_code == 200 and response.json()["usage"]["total_tokens"] == 18
+
+
+def test_letta_stream_arrives_with_usage_and_is_metered(gateway: GatewayProcess, user: str) -> None:
+    body = letta_body("letta_chat_stream.json")
+    body["model"] = "gpt-4o-mini"
+    stream = gateway.client(user).chat.completions.create(**body)
+    chunks = list(stream)
+
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from fake"
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1 and usage_chunks[0].usage is not None
+    assert usage_chunks[0].usage.total_tokens == 16
+    row = run(wait_for_rows(gateway.database_url, user, 1))[0]
+    assert (row["total_tokens"], row["estimated"]) == (16, False)
+
+
+def test_stream_without_include_usage_gets_no_usage_chunk_but_is_billed(
+    gateway: GatewayProcess, litellm: FakeLiteLLM, user: str
+) -> None:
+    stream = gateway.client(user).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    chunks = list(stream)
+
+    assert all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks)  # the forced usage-only chunk was taken out
+    seen = litellm.for_user(user)[-1]
+    assert seen.body is not None and seen.body["stream_options"] == {"include_usage": True}
+    row = run(wait_for_rows(gateway.database_url, user, 1))[0]
+    assert (row["prompt_tokens"], row["completion_tokens"], row["estimated"]) == (11, 5, False)
+
+
+def test_stream_chunks_reach_the_client_while_upstream_holds_the_rest(
+    gateway: GatewayProcess, litellm: FakeLiteLLM, user: str
+) -> None:
+    litellm.reset()
+    stream = gateway.client(user, timeout=10).chat.completions.create(
+        model="stall", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    first_at: list[float] = []
+    released_at: list[float] = []
+
+    def release_later() -> None:
+        time.sleep(1.0)
+        released_at.append(time.monotonic())
+        litellm.release()
+
+    threading.Thread(target=release_later, daemon=True).start()
+    chunks = []
+    for chunk in stream:
+        if not first_at:
+            first_at.append(time.monotonic())
+        chunks.append(chunk)
+
+    assert chunks[0].choices[0].delta.content == "Hel"
+    assert released_at and first_at[0] < released_at[0]  # not buffered until the stream ended
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from fake"
+
+
+def test_streams_carry_sse_headers(gateway: GatewayProcess, user: str) -> None:
+    with httpx.stream(
+        "POST",
+        f"{gateway.agent_base(user)}/chat/completions",
+        headers={"Authorization": f"Bearer {SECRET}"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+    ) as response:
+        body = response.read()
+    assert response.headers["content-type"] == "text/event-stream"
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    assert body.rstrip().endswith(b"data: [DONE]")
+
+
+def test_wrong_secret_is_401_before_any_upstream_call(
+    gateway: GatewayProcess, litellm: FakeLiteLLM, user: str
+) -> None:
+    with pytest.raises(openai.AuthenticationError) as caught:
+        gateway.client(user, api_key="not-the-secret").chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert caught.value.status_code == 401
+    assert caught.value.response.headers["www-authenticate"].startswith("Bearer")
+    error = caught.value.response.json()["error"]
+    assert (error["type"], error["code"]) == ("authentication_error", "invalid_api_key")
+    assert error["request_id"] == caught.value.response.headers["x-request-id"]
+    assert litellm.for_user(user) == []
+
+
+def test_no_authorization_is_401(gateway: GatewayProcess, user: str) -> None:
+    response = httpx.post(f"{gateway.agent_base(user)}/chat/completions", json={"model": "m", "messages": [1]})
+    assert response.status_code == 401
+
+
+def test_derived_token_opens_its_own_user_only(gateway: GatewayProcess) -> None:
+    from agent_gateway.tokens import derive_token
+
+    alice, bob = new_user(), new_user()
+    for user_id in (alice, bob):
+        run(add_profile(gateway.database_url, user_id))
+    token = derive_token(SECRET.encode(), alice)
+    completion = gateway.client(alice, api_key=token).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert completion.usage is not None
+    with pytest.raises(openai.AuthenticationError):
+        gateway.client(bob, api_key=token).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+
+
+def test_tokens_only_refuses_the_bare_secret(gateway_factory: Any) -> None:
+    from agent_gateway.tokens import derive_token
+
+    rotated = "older-secret-still-valid"
+    gw = gateway_factory(AGENT_TOKENS_ONLY="true", AGENT_SECRET_KEY=f"{SECRET},{rotated}")
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    with pytest.raises(openai.AuthenticationError):
+        gw.client(user_id).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    for secret in (SECRET, rotated):  # a token under any listed secret is accepted
+        client = gw.client(user_id, api_key=derive_token(secret.encode(), user_id))
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]).usage
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"not json", None),
+        (b"[1, 2]", None),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', "model"),
+        (b'{"model": 42, "messages": [{"role": "user", "content": "hi"}]}', "model"),
+        (b'{"model": "gpt-4o-mini", "messages": []}', "messages"),
+        (b'{"model": "gpt-4o-mini"}', "messages"),
+    ],
+)
+def test_malformed_bodies_are_400_and_never_forwarded(
+    gateway: GatewayProcess, litellm: FakeLiteLLM, user: str, body: bytes, param: str | None
+) -> None:
+    response = httpx.post(
+        f"{gateway.agent_base(user)}/chat/completions",
+        headers={"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"},
+        content=body,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert litellm.for_user(user) == []
+    assert run(wait_for_rows(gateway.database_url, user, 0)) == []
+
+
+def test_malformed_user_id_is_400(gateway: GatewayProcess) -> None:
+    response = httpx.post(
+        f"{gateway.url}/api/v1/agents/bad.user/messages/chat/completions",
+        headers={"Authorization": f"Bearer {SECRET}"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "user_id"
+
+
+def test_body_over_the_cap_is_413(gateway_factory: Any, litellm: FakeLiteLLM) -> None:
+    gw = gateway_factory(MAX_BODY_BYTES="2048")
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    with pytest.raises(openai.APIStatusError) as caught:
+        gw.client(user_id).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x" * 4096}])
+    assert caught.value.status_code == 413
+    assert caught.value.response.json()["error"]["code"] == "body_too_large"
+    assert litellm.for_user(user_id) == []
+
+
+def test_unknown_user_is_403_user_not_found(gateway: GatewayProcess) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        gateway.client(new_user()).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.response.json()["error"]["code"] == "user_not_found"
+
+
+def test_model_outside_the_allow_list_is_403(gateway: GatewayProcess, litellm: FakeLiteLLM) -> None:
+    user_id = new_user()
+    run(add_profile(gateway.database_url, user_id, allowed_models=frozenset({"gpt-4o-mini"})))
+    client = gateway.client(user_id)
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    error = caught.value.response.json()["error"]
+    assert (error["code"], error["param"]) == ("model_not_allowed", "model")
+    assert litellm.for_user(user_id) == []
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]).usage
+
+
+def test_models_are_filtered_to_the_allow_list(gateway: GatewayProcess) -> None:
+    user_id = new_user()
+    run(add_profile(gateway.database_url, user_id, allowed_models=frozenset({"gpt-4o-mini", "claude-3-5-sonnet"})))
+    models = [model.id for model in gateway.client(user_id).models.list()]
+    assert sorted(models) == ["claude-3-5-sonnet", "gpt-4o-mini"]
+
+
+def test_request_rate_limit_is_429_with_ratelimit_headers(gateway_factory: Any, litellm: FakeLiteLLM) -> None:
+    gw = gateway_factory(RATE_LIMIT_AGENT="3/minute")
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    client = gw.client(user_id)
+    for _ in range(3):
+        raw = client.chat.completions.with_raw_response.create(model="m", messages=[{"role": "user", "content": "x"}])
+        assert raw.headers["ratelimit-policy"] == '"agent";q=3;w=60'
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    response = caught.value.response
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert int(response.headers["retry-after-ms"]) > 0
+    assert response.headers["ratelimit"].startswith('"agent";r=0;')
+    assert len(litellm.for_user(user_id)) == 3
+
+
+@pytest.mark.parametrize("status", [500, 429, 400])
+def test_upstream_errors_pass_through_unchanged(
+    gateway: GatewayProcess, user: str, status: int
+) -> None:
+    response = httpx.post(
+        f"{gateway.agent_base(user)}/chat/completions",
+        headers={"Authorization": f"Bearer {SECRET}"},
+        json={"model": f"error-{status}", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert response.status_code == status
+    assert response.json()["error"]["message"] == f"litellm.Error: mock {status}"
+    row = run(wait_for_rows(gateway.database_url, user, 1))[0]
+    assert (row["status"], row["total_tokens"], row["state"]) == (status, 0, "settled")
+
+
+def test_upstream_key_rejection_is_a_scrubbed_403(gateway: GatewayProcess, user: str) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        gateway.client(user).chat.completions.create(model="key-401", messages=[{"role": "user", "content": "x"}])
+    text = caught.value.response.text
+    assert caught.value.response.json()["error"]["code"] == "upstream_key_rejected"
+    assert user[-4:] not in text and "sk-" not in text
+
+
+def test_usage_nulls_are_scrubbed_and_missing_usage_becomes_zeros(gateway: GatewayProcess, user: str) -> None:
+    http_headers = {"Authorization": f"Bearer {SECRET}"}
+    url = f"{gateway.agent_base(user)}/chat/completions"
+    message = [{"role": "user", "content": "x"}]
+    scrubbed = httpx.post(url, headers=http_headers, json={"model": "null-details", "messages": message}).json()
+    assert scrubbed["usage"]["prompt_tokens_details"] == {}
+    assert "completion_tokens_details" not in scrubbed["usage"]
+
+    missing = httpx.post(url, headers=http_headers, json={"model": "no-usage", "messages": message}).json()
+    assert missing["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    rows = run(wait_for_rows(gateway.database_url, user, 2))
+    estimated = [row for row in rows if row["model"] == "no-usage"][0]
+    assert estimated["estimated"] and estimated["total_tokens"] > 0
+
+
+def test_upstream_headers_are_allow_listed(gateway: GatewayProcess, user: str) -> None:
+    response = httpx.post(
+        f"{gateway.agent_base(user)}/chat/completions",
+        headers={"Authorization": f"Bearer {SECRET}"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert response.status_code == 200
+    for name in ("set-cookie", "access-control-allow-origin", "x-litellm-model-api-base"):
+        assert name not in response.headers
+
+
+def test_client_steering_keys_and_headers_do_not_reach_litellm(
+    gateway: GatewayProcess, litellm: FakeLiteLLM, user: str
+) -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "x"}],
+        "api_key": "sk-someone-else",
+        "api_base": "http://evil.example",
+        "mock_response": "free",
+        "metadata": {"tags": ["x"]},
+        "litellm_logging_obj": {},
+        "fallbacks": ["gpt-4o"],
+    }
+    httpx.post(
+        f"{gateway.agent_base(user)}/chat/completions",
+        headers={"Authorization": f"Bearer {SECRET}", "x-litellm-api-key": "sk-other", "Cookie": "a=b",
+                 "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        json=body,
+    )
+    seen = litellm.for_user(user)[-1]
+    assert seen.body is not None
+    assert set(seen.body) == {"model", "messages", "user"}
+    assert "x-litellm-api-key" not in {name.lower() for name in seen.headers}
+    assert "Cookie" not in seen.headers
+    assert seen.headers["traceparent"] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_request_id_is_echoed_and_sent_upstream(gateway: GatewayProcess, litellm: FakeLiteLLM, user: str) -> None:
+    url = f"{gateway.agent_base(user)}/chat/completions"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    response = httpx.post(url, headers={"Authorization": f"Bearer {SECRET}", "X-Request-ID": "agent-run-42"}, json=body)
+    assert response.headers["x-request-id"] == "agent-run-42"
+    assert litellm.for_user(user)[-1].headers["X-Request-ID"] == "agent-run-42"
+
+    bad = httpx.post(url, headers={"Authorization": f"Bearer {SECRET}", "X-Request-ID": "no spaces <>"}, json=body)
+    assert bad.headers["x-request-id"] != "no spaces <>" and len(bad.headers["x-request-id"]) == 32
+
+
+def test_responses_and_embeddings_are_metered(gateway: GatewayProcess, user: str) -> None:
+    client = gateway.client(user)
+    response = client.responses.create(model="gpt-4o-mini", input="hi")
+    assert response.usage is not None and response.usage.total_tokens == 22
+    stream_events = list(client.responses.create(model="gpt-4o-mini", input="hi", stream=True))
+    assert stream_events[-1].type == "response.completed"
+    embedding = client.embeddings.create(model="text-embedding-3-small", input="hi")
+    assert embedding.data[0].embedding == [0.1, 0.2, 0.3]
+
+    rows = sorted(run(wait_for_rows(gateway.database_url, user, 3)), key=lambda row: row["admitted_at"])
+    assert [(row["route"], row["total_tokens"], row["estimated"]) for row in rows] == [
+        ("responses", 22, False),
+        ("responses", 22, False),
+        ("embeddings", 6, False),
+    ]
+    assert rows[0]["cached_tokens"] == 2
+
+
+def test_wrong_method_and_unknown_route(gateway: GatewayProcess, user: str) -> None:
+    wrong = httpx.get(f"{gateway.agent_base(user)}/chat/completions", headers={"Authorization": f"Bearer {SECRET}"})
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    missing = httpx.post(f"{gateway.agent_base(user)}/completions", headers={"Authorization": f"Bearer {SECRET}"})
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+
+
+def test_letta_fixture_is_unchanged_by_the_gateway(gateway: GatewayProcess, litellm: FakeLiteLLM, user: str) -> None:
+    """Apart from the documented rewrites, LiteLLM sees exactly what Letta sent."""
+    body = letta_body()
+    body["model"] = "gpt-4o-mini"
+    gateway.client(user).chat.completions.create(**copy.deepcopy(body))
+    seen = litellm.for_user(user)[-1].body
+    expected = {k: v for k, v in body.items() if v is not None}
+    expected["user"] = user
+    assert seen == expected
