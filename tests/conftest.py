@@ -61,7 +61,10 @@ class GatewayProcess:
         env = {**os.environ, **self.env, "HOST": "127.0.0.1", "PORT": str(self.port)}
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent_gateway", "serve"], cwd=self.workdir, env=env, stdout=self._log,
+            [sys.executable, "-m", "agent_gateway", "serve"],
+            cwd=self.workdir,
+            env=env,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30

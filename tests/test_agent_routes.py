@@ -26,7 +26,10 @@ def letta_body(name: str = "letta_chat.json") -> dict[str, Any]:
         return dict(json.loads(path.read_text())["body"])
     return {
         "model": "gpt-4o-mini",
-        "messages": [{"role": "system", "content": "You are a helpful agent." * 200}, {"role": "user", "content": "hi"}],
+        "messages": [
+            {"role": "system", "content": "You are a helpful agent." * 200},
+            {"role": "user", "content": "hi"},
+        ],
         "tools": [{"type": "function", "function": {"name": "send_message", "parameters": {"type": "object"}}}],
         "tool_choice": "required",
         "parallel_tool_calls": False,
@@ -37,8 +40,9 @@ def letta_body(name: str = "letta_chat.json") -> dict[str, Any]:
     }
 
 
-def test_letta_chat_body_reaches_litellm_with_the_users_key(gateway: GatewayProcess, litellm: FakeLiteLLM,
-                                                            user: str) -> None:
+def test_letta_chat_body_reaches_litellm_with_the_users_key(
+    gateway: GatewayProcess, litellm: FakeLiteLLM, user: str
+) -> None:
     body = letta_body()
     body["model"] = "gpt-4o-mini"
     client = gateway.client(user)
@@ -158,9 +162,7 @@ def test_streams_carry_sse_headers(gateway: GatewayProcess, user: str) -> None:
     assert body.rstrip().endswith(b"data: [DONE]")
 
 
-def test_wrong_secret_is_401_before_any_upstream_call(
-    gateway: GatewayProcess, litellm: FakeLiteLLM, user: str
-) -> None:
+def test_wrong_secret_is_401_before_any_upstream_call(gateway: GatewayProcess, litellm: FakeLiteLLM, user: str) -> None:
     with pytest.raises(openai.AuthenticationError) as caught:
         gateway.client(user, api_key="not-the-secret").chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
@@ -249,7 +251,9 @@ def test_body_over_the_cap_is_413(gateway_factory: Any, litellm: FakeLiteLLM) ->
     user_id = new_user()
     run(add_profile(gw.database_url, user_id))
     with pytest.raises(openai.APIStatusError) as caught:
-        gw.client(user_id).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x" * 4096}])
+        gw.client(user_id).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x" * 4096}]
+        )
     assert caught.value.status_code == 413
     assert caught.value.response.json()["error"]["code"] == "body_too_large"
     assert litellm.for_user(user_id) == []
@@ -257,7 +261,9 @@ def test_body_over_the_cap_is_413(gateway_factory: Any, litellm: FakeLiteLLM) ->
 
 def test_unknown_user_is_403_user_not_found(gateway: GatewayProcess) -> None:
     with pytest.raises(openai.PermissionDeniedError) as caught:
-        gateway.client(new_user()).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        gateway.client(new_user()).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
     assert caught.value.response.json()["error"]["code"] == "user_not_found"
 
 
@@ -299,9 +305,7 @@ def test_request_rate_limit_is_429_with_ratelimit_headers(gateway_factory: Any, 
 
 
 @pytest.mark.parametrize("status", [500, 429, 400])
-def test_upstream_errors_pass_through_unchanged(
-    gateway: GatewayProcess, user: str, status: int
-) -> None:
+def test_upstream_errors_pass_through_unchanged(gateway: GatewayProcess, user: str, status: int) -> None:
     response = httpx.post(
         f"{gateway.agent_base(user)}/chat/completions",
         headers={"Authorization": f"Bearer {SECRET}"},
@@ -362,8 +366,12 @@ def test_client_steering_keys_and_headers_do_not_reach_litellm(
     }
     httpx.post(
         f"{gateway.agent_base(user)}/chat/completions",
-        headers={"Authorization": f"Bearer {SECRET}", "x-litellm-api-key": "sk-other", "Cookie": "a=b",
-                 "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        headers={
+            "Authorization": f"Bearer {SECRET}",
+            "x-litellm-api-key": "sk-other",
+            "Cookie": "a=b",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        },
         json=body,
     )
     seen = litellm.for_user(user)[-1]

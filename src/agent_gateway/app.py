@@ -8,6 +8,7 @@ else to the FastAPI app in `ops.py` (docs, health, metrics, admin).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -42,9 +43,7 @@ def connect_redis(settings: Settings, timeout: float | None = REDIS_TIMEOUT) -> 
     if not settings.redis_url:
         return None
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return Redis.from_url(
-        settings.redis_url, password=password, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    return Redis.from_url(settings.redis_url, password=password, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 class Gateway:
@@ -206,10 +205,8 @@ class Gateway:
             if callable(previous):
                 previous(signum, frame)
 
-        try:
+        with contextlib.suppress(ValueError):  # not the main thread (an embedded server): no signals
             signal.signal(signal.SIGTERM, on_sigterm)
-        except ValueError:  # not the main thread (an embedded server in tests): no signals here
-            pass
 
 
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:

@@ -10,10 +10,11 @@ import asyncio
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
+import sqlalchemy.exc
 
 from agent_gateway.settings import ConfigError, Settings, load_settings
 from agent_gateway.stores.database import Database
@@ -28,7 +29,7 @@ def _settings() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:
-        raise click.ClickException(f"configuration: {exc}") from None
+        raise click.ClickException("\n".join(f"configuration: {line}" for line in str(exc).splitlines())) from None
 
 
 def _user_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -61,6 +62,10 @@ def _run(work: Callable[[Settings, Database], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(main())
     except (OSError, ConnectionError) as exc:
         raise click.ClickException(f"database: {type(exc).__name__}: cannot reach DATABASE_URL") from None
+    except sqlalchemy.exc.DBAPIError as exc:
+        # The driver's own first line ('database "x" does not exist'), never SQLAlchemy's text with the statement.
+        reason = (str(exc.orig).splitlines() or [type(exc.orig).__name__])[0]
+        raise click.ClickException(f"database: {reason}") from None
 
 
 async def _announce(settings: Settings, user_id: str) -> None:
@@ -79,7 +84,27 @@ async def _announce(settings: Settings, user_id: str) -> None:
         await redis.aclose()
 
 
-@click.group()
+class _OneLineErrors(click.Group):
+    """Failures end as `Error: ...` on stderr, one line per mistake, without click's usage banner (SPEC §7)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            for line in exc.format_message().splitlines():
+                click.echo(f"Error: {line}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_OneLineErrors)
 @click.version_option(package_name="agent-gateway")
 def main() -> None:
     """Agent Gateway: per-user LiteLLM keys, limits and metering for AI agents."""
@@ -196,7 +221,8 @@ def users_show(user_id: str) -> None:
     profile = _run(fetch)
     if profile is None:
         raise click.ClickException(f"no user {user_id}")
-    for label, value in zip(["user", "litellm key", "allowed models", "monthly limit"], _profile_row(profile), strict=True):
+    labels = ["user", "litellm key", "allowed models", "monthly limit"]
+    for label, value in zip(labels, _profile_row(profile), strict=True):
         click.echo(f"{label + ':':16}{value}")
     if profile.created_at:
         click.echo(f"{'created:':16}{profile.created_at.isoformat()}")

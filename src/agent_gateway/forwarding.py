@@ -33,9 +33,7 @@ def upstream_body(ctx: RequestContext) -> tuple[bytes, bool]:
 
 
 def upstream_headers(ctx: RequestContext) -> dict[str, str]:
-    headers = {
-        name.decode(): value.decode("latin-1") for name, value in ctx.headers if name in _FORWARDED_HEADERS
-    }
+    headers = {name.decode(): value.decode("latin-1") for name, value in ctx.headers if name in _FORWARDED_HEADERS}
     headers["Authorization"] = f"Bearer {ctx.key}"
     headers["X-User-ID"] = ctx.user_id
     headers["X-Request-ID"] = ctx.request_id

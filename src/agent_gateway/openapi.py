@@ -20,7 +20,9 @@ _ERROR = {
     "properties": {
         "error": {
             "type": "object",
-            "properties": {k: {"type": "string", "nullable": True} for k in ("message", "type", "code", "param", "request_id")},
+            "properties": {
+                k: {"type": "string", "nullable": True} for k in ("message", "type", "code", "param", "request_id")
+            },
         }
     },
 }

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 import aiohttp
 import orjson
 
@@ -106,7 +107,7 @@ class AgentRelay:
         ) as response:
             try:
                 content = await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 raise map_client_error(exc, self.upstream.name) from None
             status = response.status
             headers = response_headers(response)
@@ -158,7 +159,7 @@ class AgentRelay:
                 # An error (or a JSON answer to a stream request) passes through as a whole.
                 try:
                     content = await response.read()
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     raise map_client_error(exc, self.upstream.name) from None
                 if response.status < 400:
                     content = self._metered_json(route, content, outcome)
@@ -182,9 +183,13 @@ class AgentRelay:
     ) -> None:
         meter = StreamMeter(drop_forced_usage=not client_wants_usage)
         outcome.meter = meter
-        await send({"type": "http.response.start", "status": response.status, "headers": _SSE_HEADERS + [
-            *ctx.response_headers
-        ]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": _SSE_HEADERS + [*ctx.response_headers],
+            }
+        )
         outcome.started = True
         watcher = asyncio.create_task(_watch_disconnect(ctx.receive, outcome))
         first = True
@@ -204,18 +209,22 @@ class AgentRelay:
                     ready = meter.feed(chunk)
                     if ready:
                         if first:
-                            metrics.TIME_TO_FIRST_BYTE.labels(route=ctx.route).observe(time.perf_counter() - ctx.started)
+                            metrics.TIME_TO_FIRST_BYTE.labels(route=ctx.route).observe(
+                                time.perf_counter() - ctx.started
+                            )
                             first = False
                         await send({"type": "http.response.body", "body": ready, "more_body": True})
-        except TimeoutError:
-            pass  # the drain ran out of time: the estimate stands
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            error = ServiceUnavailable("The gateway is shutting down.") if self.streams.cut_off else map_client_error(
-                exc, self.upstream.name
-            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The upstream broke, went idle too long, or was cut at shutdown; a drain that ran
+            # out of time lands here too, with nobody left to tell.
             if not outcome.client_gone:
-                await send({"type": "http.response.body", "body": sse_error_event(error, ctx.request_id),
-                            "more_body": True})
+                error = (
+                    ServiceUnavailable("The gateway is shutting down.")
+                    if self.streams.cut_off
+                    else map_client_error(exc, self.upstream.name)
+                )
+                event = sse_error_event(error, ctx.request_id)
+                await send({"type": "http.response.body", "body": event, "more_body": True})
         finally:
             watcher.cancel()
         if not outcome.client_gone:
@@ -236,7 +245,7 @@ class AgentRelay:
         ) as response:
             try:
                 content = await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 raise map_client_error(exc, self.upstream.name) from None
             status, headers = response.status, response_headers(response)
         if status in (401, 403):
@@ -287,4 +296,3 @@ async def _watch_disconnect(receive: Receive, outcome: _Outcome) -> None:
         if message["type"] == "http.disconnect":
             outcome.client_gone = True
             return
-

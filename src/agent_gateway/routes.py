@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent_gateway.limits.rate import RateLimiter
+from agent_gateway.policies import Policy
 from agent_gateway.policies.body import BodyPolicy
 from agent_gateway.policies.models import ModelAllowListPolicy
 from agent_gateway.policies.profile import ProfilePolicy
@@ -18,7 +19,7 @@ AGENT_PREFIX = "/api/v1/agents/"
 def build_agent_routes(settings: Settings, profiles: ProfileCache, limiter: RateLimiter) -> dict[str, AgentRoute]:
     """Routes by the path after `/api/v1/agents/{user_id}/messages`."""
     secret = SecretPolicy(settings.agent_secrets, settings.agent_tokens_only)
-    llm_chain = [
+    llm_chain: list[Policy] = [
         secret,  # 1. user id well-formed, agent secret or the user's derived token
         BodyPolicy(settings.max_body_bytes, settings.default_reserve_tokens),  # 2. body
         ProfilePolicy(profiles),  # 3. profile, cached

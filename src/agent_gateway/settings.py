@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
@@ -50,12 +58,25 @@ def _split(value: Any) -> tuple[str, ...]:
     return tuple(value or ())
 
 
+_HOSTLESS = ("sqlite", "unix")  # a file path, not a host
+
+
 def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
     if value is None or value == "":
         return None
+    expected = f"expected a {'/'.join(schemes)} URL"
     parts = urlsplit(value)
-    if parts.scheme not in schemes or (not parts.netloc and parts.scheme not in ("sqlite", "sqlite+aiosqlite")):
-        raise ValueError(f"expected a {'/'.join(schemes)} URL")
+    if parts.scheme not in schemes:
+        raise ValueError(expected)
+    if parts.scheme not in _HOSTLESS:
+        try:
+            _ = parts.port  # raises on a port that is not a number in range
+        except ValueError:
+            raise ValueError(f"{expected} (bad port)") from None
+        if not parts.hostname:
+            raise ValueError(f"{expected} (no host)")
+    elif parts.scheme == "unix" and not parts.path:
+        raise ValueError(f"{expected} (no socket path)")
     return value.rstrip("/") if parts.scheme.startswith("http") else value
 
 
@@ -119,17 +140,22 @@ class Settings(BaseSettings):
 
     @field_validator("rate_limit_general", "rate_limit_agent", "rate_limit_agent_tokens", mode="before")
     @classmethod
-    def _rate(cls, value: Any) -> Rate | None:
+    def _rate(cls, value: Any, info: ValidationInfo) -> Rate | None:
         if value is None or isinstance(value, Rate):
             return value
         if str(value).strip() == "":
-            return None
+            if info.field_name == "rate_limit_agent_tokens":
+                return None  # empty means off
+            raise ValueError("must not be empty; expected N/second|minute|hour|day")
         return Rate.parse(str(value))
 
     @field_validator("litellm_base_url", "letta_base_url", "ams_base_url", "supabase_url", "public_base_url")
     @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        return _check_url(value, HTTP)
+    def _http_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        checked = _check_url(value, HTTP)
+        if checked is None and info.field_name in ("litellm_base_url", "public_base_url"):
+            raise ValueError("must not be empty")
+        return checked
 
     @field_validator("database_url")
     @classmethod
@@ -151,13 +177,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
+        mistakes = []  # every one of them, one line each, not just the first
         if self.is_production:
             if not self.agent_secret_key:
-                raise ValueError("AGENT_SECRET_KEY: required when ENVIRONMENT=production")
+                mistakes.append("AGENT_SECRET_KEY: required when ENVIRONMENT=production")
             if "*" in self.allowed_origins:
-                raise ValueError("ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production")
+                mistakes.append("ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production")
         if self.workers > 1 and not self.redis_url:
-            raise ValueError("WORKERS: more than 1 needs REDIS_URL, else every limit is multiplied by the workers")
+            mistakes.append("WORKERS: more than 1 needs REDIS_URL, else every limit is multiplied by the workers")
+        if mistakes:
+            raise ValueError("\n".join(mistakes))
         return self
 
     @property

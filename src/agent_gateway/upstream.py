@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
 import aiohttp
 
 from agent_gateway import metrics
@@ -97,7 +98,7 @@ class UpstreamClient:
             else:
                 async with asyncio.timeout(headers_within):
                     response = await call
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise map_client_error(exc, self.name) from None
         metrics.UPSTREAM_LATENCY.labels(upstream=self.name).observe(time.perf_counter() - started)
         try:
@@ -120,4 +121,3 @@ def response_headers(response: aiohttp.ClientResponse) -> list[tuple[bytes, byte
         for name, value in response.raw_headers
         if name.decode("latin-1").lower() in RESPONSE_HEADERS
     ]
-

@@ -15,6 +15,7 @@ Models:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -83,7 +84,9 @@ class FakeLiteLLM:
         if self._loop is None:
             return
         assert self._runner is not None
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self.release()
+        with contextlib.suppress(TimeoutError):
+            asyncio.run_coroutine_threadsafe(self._runner.shutdown(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         assert self._thread is not None
         self._thread.join(10)
@@ -130,9 +133,20 @@ class FakeLiteLLM:
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request) or {}
-        usage = {"input_tokens": 13, "output_tokens": 9, "total_tokens": 22, "input_tokens_details": {"cached_tokens": 2}}
-        response = {"id": "resp_1", "object": "response", "status": "completed", "model": body.get("model"), "usage": usage,
-                    "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hi"}]}]}
+        usage = {
+            "input_tokens": 13,
+            "output_tokens": 9,
+            "total_tokens": 22,
+            "input_tokens_details": {"cached_tokens": 2},
+        }
+        response = {
+            "id": "resp_1",
+            "object": "response",
+            "status": "completed",
+            "model": body.get("model"),
+            "usage": usage,
+            "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hi"}]}],
+        }
         if not body.get("stream"):
             return web.json_response(response)
         stream = await self._open_stream(request)
@@ -149,8 +163,12 @@ class FakeLiteLLM:
         model = str(body.get("model"))
         if model.startswith("error-"):
             status = int(model.removeprefix("error-"))
-            error = {"message": f"litellm.Error: mock {status}", "type": "internal_server_error", "param": None,
-                     "code": str(status)}
+            error = {
+                "message": f"litellm.Error: mock {status}",
+                "type": "internal_server_error",
+                "param": None,
+                "code": str(status),
+            }
             return web.json_response({"error": error}, status=status, headers={"x-litellm-call-id": "abc"})
         if model == "key-401":
             key = request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -169,12 +187,21 @@ class FakeLiteLLM:
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hello!"}}],
         }
         if model == "null-details":
-            answer["usage"] = {**USAGE, "prompt_tokens_details": {"cached_tokens": None, "audio_tokens": None},
-                               "completion_tokens_details": None}
+            answer["usage"] = {
+                **USAGE,
+                "prompt_tokens_details": {"cached_tokens": None, "audio_tokens": None},
+                "completion_tokens_details": None,
+            }
         elif model != "no-usage":
             answer["usage"] = dict(USAGE)
-        return web.json_response(answer, headers={"x-litellm-model-api-base": "https://api.openai.com",
-                                                  "set-cookie": "session=1", "access-control-allow-origin": "*"})
+        return web.json_response(
+            answer,
+            headers={
+                "x-litellm-model-api-base": "https://api.openai.com",
+                "set-cookie": "session=1",
+                "access-control-allow-origin": "*",
+            },
+        )
 
     async def _open_stream(self, request: web.Request) -> web.StreamResponse:
         stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -187,8 +214,13 @@ class FakeLiteLLM:
         words = STREAM_WORDS * 4 if model == "slow-stream" else STREAM_WORDS
 
         def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
-            data: dict[str, Any] = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
-                                    "choices": [{"index": 0, "delta": delta, **({"finish_reason": finish} if finish else {})}]}
+            data: dict[str, Any] = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, **({"finish_reason": finish} if finish else {})}],
+            }
             if usage is not None:
                 data["usage"] = usage
             return b"data: " + json.dumps(data).encode() + b"\n\n"
@@ -209,7 +241,11 @@ class FakeLiteLLM:
             include_usage = (body.get("stream_options") or {}).get("include_usage")
             if include_usage and model != "no-usage":
                 completion = len(words)
-                usage = {"prompt_tokens": 11, "completion_tokens": completion, "total_tokens": 11 + completion}
+                usage: dict[str, Any] = {
+                    "prompt_tokens": 11,
+                    "completion_tokens": completion,
+                    "total_tokens": 11 + completion,
+                }
                 if model == "null-details":
                     usage["prompt_tokens_details"] = {"cached_tokens": None}
                 await stream.write(chunk({}, usage=usage))

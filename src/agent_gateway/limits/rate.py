@@ -117,7 +117,9 @@ class RedisRateLimiter:
         now = time.monotonic()
         if now - self._last_warning > 60:
             self._last_warning = now
-            log.warning("redis unavailable for rate limits", extra={"mode": self.fail_mode, "reason": type(exc).__name__})
+            log.warning(
+                "redis unavailable for rate limits", extra={"mode": self.fail_mode, "reason": type(exc).__name__}
+            )
         if self.fail_mode == "closed":
             raise LimitsUnavailable()
         return self.fallback.hit_now(key, rate)

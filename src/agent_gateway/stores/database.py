@@ -43,7 +43,7 @@ ledger = sa.Table(
 
 
 def _profiles_table(target: sa.MetaData, dialect: str) -> sa.Table:
-    allowed: sa.types.TypeEngine[Any] = postgresql.ARRAY(sa.Text) if dialect == "postgresql" else sa.JSON
+    allowed: sa.types.TypeEngine[Any] = postgresql.ARRAY(sa.Text) if dialect == "postgresql" else sa.JSON()
     return sa.Table(
         "user_profiles",
         target,

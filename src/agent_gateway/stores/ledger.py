@@ -86,7 +86,8 @@ class Ledger:
     def _build_upsert(self) -> Any:
         insert = postgresql.insert if self.database.dialect == "postgresql" else sqlite.insert
         statement = insert(ledger)
-        updated = {name: statement.excluded[name] for name in ledger.c.keys() if name not in ("id", "admitted_at")}
+        kept = ("id", "admitted_at")
+        updated = {col.name: statement.excluded[col.name] for col in ledger.c if col.name not in kept}
         return statement.on_conflict_do_update(
             index_elements=[ledger.c.id], set_=updated, where=ledger.c.state != SETTLED
         )
@@ -176,4 +177,4 @@ class Ledger:
             query = query.where(ledger.c.user_id == user_id)
         async with self.database.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
-        return [{"month": month, **{key: (int(v) if key != "user_id" else v) for key, v in row.items()}} for row in rows]
+        return [{"month": month, **{k: (v if k == "user_id" else int(v)) for k, v in row.items()}} for row in rows]

@@ -1,0 +1,137 @@
+"""Operations (SPEC §7): ping, health, metrics, docs, admin usage, logs and what they never show."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import SECRET, USER_KEY_PREFIX, GatewayProcess, add_profile, new_user, run, wait_for_rows
+
+
+def test_ping_and_health(gateway: GatewayProcess) -> None:
+    assert httpx.get(f"{gateway.url}/ping").json() == {"status": "ok"}
+    health = httpx.get(f"{gateway.url}/health")
+    assert health.status_code == 200
+    report = health.json()
+    assert report["status"] == "ok"
+    assert report["checks"]["database"]["status"] == "ok"
+    assert report["checks"]["litellm"]["status"] == "ok"
+    assert report["checks"]["redis"] == {"status": "not_configured"}
+
+
+def test_health_with_redis(gateway_factory: Any, redis_url: str) -> None:
+    gw = gateway_factory(REDIS_URL=redis_url)
+    assert httpx.get(f"{gw.url}/health").json()["checks"]["redis"]["status"] == "ok"
+
+
+def test_metrics_count_requests_by_route_template_and_tokens_by_model(gateway: GatewayProcess, user: str) -> None:
+    gateway.client(user).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    text = httpx.get(f"{gateway.url}/metrics").text
+    assert 'gateway_requests_total{route="/api/v1/agents/{user_id}/messages/chat/completions",status="200"}' in text
+    assert 'gateway_tokens_total{kind="prompt",model="gpt-4o-mini"}' in text
+    assert "gateway_upstream_duration_seconds_bucket" in text
+    assert user not in text  # no per-user labels
+
+
+def test_docs_describe_the_agent_routes(gateway: GatewayProcess) -> None:
+    schema = httpx.get(f"{gateway.url}/openapi.json").json()
+    paths = schema["paths"]
+    for path in ("", "/chat/completions", "/responses", "/embeddings", "/models"):
+        assert f"/api/v1/agents/{{user_id}}/messages{path}" in paths
+    assert "/health" in paths and "/api/v1/admin/usage" in paths
+    assert httpx.get(f"{gateway.url}/docs").status_code == 200
+    assert httpx.get(f"{gateway.url}/redoc").status_code == 200
+
+
+def test_unknown_routes_are_404_in_the_openai_shape(gateway: GatewayProcess) -> None:
+    response = httpx.get(f"{gateway.url}/nope", headers={"X-Request-ID": "req-1"})
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "message": "No such route.",
+        "type": "not_found_error",
+        "code": "not_found",
+        "param": None,
+        "request_id": "req-1",
+    }
+    assert response.headers["x-request-id"] == "req-1"
+
+
+def test_admin_usage_needs_the_admin_key_and_sums_the_ledger(gateway_factory: Any) -> None:
+    admin_key = "admin-key-for-tests-91c2"
+    gw = gateway_factory(ADMIN_API_KEY=admin_key)
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    client = gw.client(user_id)
+    for _ in range(2):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    run(wait_for_rows(gw.database_url, user_id, 2))
+    url = f"{gw.url}/api/v1/admin/usage"
+
+    assert httpx.get(url, params={"user_id": user_id}).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    month = datetime.now(UTC).strftime("%Y-%m")
+    one = httpx.get(url, params={"user_id": user_id}, headers={"Authorization": f"Bearer {admin_key}"}).json()
+    assert one == {
+        "user_id": user_id,
+        "month": month,
+        "requests": 2,
+        "prompt_tokens": 22,
+        "completion_tokens": 14,
+        "total_tokens": 36,
+        "estimated_requests": 0,
+    }
+    every = httpx.get(url, headers={"Authorization": f"Bearer {admin_key}"}).json()
+    assert any(row["user_id"] == user_id for row in every)
+    bad = httpx.get(url, params={"month": "2026-13"}, headers={"Authorization": f"Bearer {admin_key}"})
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_admin_api_is_off_without_a_key(gateway: GatewayProcess) -> None:
+    assert httpx.get(f"{gateway.url}/api/v1/admin/usage").status_code == 404
+
+
+def test_access_log_is_json_with_the_call_fields(gateway: GatewayProcess, user: str) -> None:
+    gateway.client(user).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], extra_headers={"X-Request-ID": f"log-{user}"}
+    )
+    run(wait_for_rows(gateway.database_url, user, 1))
+    lines = [json.loads(line) for line in gateway.logs().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("request_id") == f"log-{user}"]
+    assert len(access) == 1
+    line = access[0]
+    assert line["status"] == 200 and line["user"] == user and line["model"] == "gpt-4o-mini"
+    assert line["tokens"] == 18 and line["upstream"] == "litellm" and line["duration_ms"] > 0
+
+
+def test_no_secret_or_key_reaches_logs_errors_metrics_or_health(gateway_factory: Any) -> None:
+    admin_key = "admin-secret-never-logged-5d1e"
+    gw = gateway_factory(ADMIN_API_KEY=admin_key, LOG_LEVEL="DEBUG")
+    user_id = new_user()
+    user_key = f"{USER_KEY_PREFIX}{user_id}-distinctive"
+    run(add_profile(gw.database_url, user_id, litellm_key=user_key))
+    bodies: list[str] = []
+    client = gw.client(user_id)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    list(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True))
+    for model in ("key-401", "error-500"):
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+        bodies.append(caught.value.response.text)
+    with pytest.raises(openai.AuthenticationError) as denied:
+        gw.client(user_id, api_key=SECRET + "x").chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}]
+        )
+    bodies.append(denied.value.response.text)
+    bodies.append(httpx.get(f"{gw.url}/api/v1/admin/usage", headers={"Authorization": f"Bearer {admin_key}x"}).text)
+    run(wait_for_rows(gw.database_url, user_id, 3))
+    bodies += [httpx.get(f"{gw.url}/metrics").text, httpx.get(f"{gw.url}/health").text]
+    gw.terminate()
+    everything = "\n".join([*bodies, gw.logs()])
+
+    for secret in (SECRET, user_key, user_key[-12:], admin_key):
+        assert secret not in everything

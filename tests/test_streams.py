@@ -1,0 +1,137 @@
+"""Streams when things go wrong: clients leaving, upstreams breaking or hanging, shutdowns."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+import openai
+
+from tests.conftest import SECRET, GatewayProcess, add_profile, free_port, new_user, run, wait_for_rows
+from tests.fakes.litellm import FakeLiteLLM
+
+MESSAGES: Any = [{"role": "user", "content": "hello there"}]
+
+
+def _stream(gateway: GatewayProcess, user_id: str, model: str, **extra: Any) -> httpx.Response:
+    client = httpx.Client(timeout=30)
+    request = client.build_request(
+        "POST",
+        f"{gateway.agent_base(user_id)}/chat/completions",
+        headers={"Authorization": f"Bearer {SECRET}"},
+        json={"model": model, "messages": MESSAGES, "stream": True, **extra},
+    )
+    return client.send(request, stream=True)
+
+
+def test_client_leaving_mid_stream_still_bills_the_real_usage(gateway: GatewayProcess, user: str) -> None:
+    response = _stream(gateway, user, "slow-stream")
+    first = next(response.iter_bytes())
+    assert b"Hel" in first
+    response.close()  # the client goes away after the first chunk; 19 more are still to come
+
+    row = run(wait_for_rows(gateway.database_url, user, 1))[0]
+    assert row["state"] == "settled"
+    assert (row["prompt_tokens"], row["completion_tokens"], row["estimated"]) == (11, 20, False)
+
+
+def test_upstream_breaking_mid_stream_ends_with_an_sse_error_and_an_estimate(
+    gateway: GatewayProcess, user: str
+) -> None:
+    response = _stream(gateway, user, "drop")
+    body = response.read()
+    assert response.status_code == 200
+    events = [line for line in body.split(b"\n\n") if line]
+    final = json.loads(events[-1].removeprefix(b"data: "))
+    assert final["error"]["type"] == "upstream_error"
+    assert b"Hel" in body
+
+    row = run(wait_for_rows(gateway.database_url, user, 1))[0]
+    assert row["estimated"] and row["total_tokens"] > 0
+
+
+def test_the_sdk_sees_a_broken_stream_as_an_error(gateway: GatewayProcess, user: str) -> None:
+    stream = gateway.client(user).chat.completions.create(model="drop", messages=MESSAGES, stream=True)
+    try:
+        for _ in stream:
+            pass
+    except openai.APIError as exc:
+        assert "upstream" in str(exc).lower()
+    else:
+        raise AssertionError("a broken stream must not look like a finished one")
+
+
+def test_hanging_upstream_is_a_504_billed_as_an_estimate(gateway_factory: Any) -> None:
+    gw = gateway_factory(LLM_TIMEOUT="1", REQUEST_TIMEOUT="1")
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    for stream in (False, True):
+        with httpx.Client(timeout=10) as client:
+            response = client.post(
+                f"{gw.agent_base(user_id)}/chat/completions",
+                headers={"Authorization": f"Bearer {SECRET}"},
+                json={"model": "hang", "messages": MESSAGES, "stream": stream},
+            )
+        assert response.status_code == 504
+        assert response.json()["error"]["type"] == "upstream_timeout"
+    rows = run(wait_for_rows(gw.database_url, user_id, 2))
+    assert [(row["status"], row["estimated"]) for row in rows] == [(504, True), (504, True)]
+
+
+def test_unreachable_upstream_is_a_502_and_bills_nothing(gateway_factory: Any) -> None:
+    gw = gateway_factory(LITELLM_BASE_URL=f"http://127.0.0.1:{free_port()}")
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    with __import__("pytest").raises(openai.InternalServerError) as caught:
+        gw.client(user_id).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert caught.value.status_code == 502
+    assert caught.value.response.json()["error"]["type"] == "upstream_error"
+    row = run(wait_for_rows(gw.database_url, user_id, 1))[0]
+    assert (row["status"], row["total_tokens"]) == (502, 0)
+    health = httpx.get(f"{gw.url}/health")
+    assert health.status_code == 503 and health.json()["checks"]["litellm"]["status"] == "error"
+
+
+def test_sigterm_lets_running_streams_finish_and_loses_no_row(gateway_factory: Any) -> None:
+    gw = gateway_factory(SHUTDOWN_GRACE_SECONDS="10")
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    response = _stream(gw, user_id, "slow-stream", stream_options={"include_usage": True})
+    chunks = response.iter_bytes()
+    assert b"Hel" in next(chunks)
+    exit_code: list[int] = []
+    stopper = threading.Thread(target=lambda: exit_code.append(gw.terminate()))
+    stopper.start()
+    rest = b"".join(chunks)
+    stopper.join(30)
+
+    assert rest.rstrip().endswith(b"data: [DONE]")  # the stream ran to its end
+    assert exit_code == [0]
+    row = run(wait_for_rows(gw.database_url, user_id, 1))[0]
+    assert (row["state"], row["completion_tokens"], row["estimated"]) == ("settled", 20, False)
+
+
+def test_streams_past_the_grace_end_with_an_error_event_and_are_settled(
+    gateway_factory: Any, litellm: FakeLiteLLM
+) -> None:
+    litellm.reset()
+    gw = gateway_factory(SHUTDOWN_GRACE_SECONDS="1")
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    response = _stream(gw, user_id, "stall")
+    chunks = response.iter_bytes()
+    assert b"Hel" in next(chunks)
+    started = time.monotonic()
+    stopper = threading.Thread(target=gw.terminate)
+    stopper.start()
+    rest = b"".join(chunks)
+    stopper.join(30)
+    litellm.release()
+
+    assert time.monotonic() - started < 10
+    assert b'"service_unavailable"' in rest
+    row = run(wait_for_rows(gw.database_url, user_id, 1))[0]
+    assert (row["state"], row["estimated"]) == ("settled", True)
