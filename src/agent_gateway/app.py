@@ -22,6 +22,7 @@ from agent_gateway import metrics
 from agent_gateway.asgi import send_error
 from agent_gateway.context import RequestContext
 from agent_gateway.errors import MethodNotAllowed, NotFound, Overloaded, ServerError
+from agent_gateway.limits.budget import Budgets, MemoryBudgets, RedisBudgets
 from agent_gateway.limits.rate import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from agent_gateway.relay import AgentRelay
 from agent_gateway.routes import AGENT_PREFIX, build_agent_routes, match_agent_path
@@ -59,9 +60,16 @@ class Gateway:
             RedisRateLimiter(self.redis, settings.limits_fail_mode) if self.redis else MemoryRateLimiter()
         )
         self.ledger = Ledger(self.database)
+        # A reservation outlives any call that can still be running, then frees itself.
+        reservation_ttl = settings.llm_timeout + settings.stream_drain_seconds + settings.shutdown_grace_seconds + 60
+        self.budgets: Budgets = (
+            RedisBudgets(self.redis, self.ledger.month_used, reservation_ttl, settings.limits_fail_mode)
+            if self.redis
+            else MemoryBudgets(self.ledger.month_used, reservation_ttl)
+        )
         self.litellm = UpstreamClient("litellm", settings.litellm_base_url)
         self.relay = AgentRelay(settings, self.litellm, self.ledger)
-        self.agent_routes = build_agent_routes(settings, self.profiles, self.limiter)
+        self.agent_routes = build_agent_routes(settings, self.profiles, self.limiter, self.budgets)
         self.ops = build_ops_app(self)
         self.draining = False
         self.in_flight = 0

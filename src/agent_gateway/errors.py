@@ -18,6 +18,7 @@ A policy raises one; `render_error` turns it into status, headers and body in on
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import orjson
@@ -120,7 +121,7 @@ class RateLimited(GatewayError):
 
     def __init__(self, message: str | None = None, *, retry_after: float, headers: dict[str, str]) -> None:
         super().__init__(message)
-        seconds = max(1, int(retry_after + 0.999))
+        seconds = max(1, math.ceil(retry_after))
         self.headers.update(headers)
         self.headers["Retry-After"] = str(seconds)
         self.headers["retry-after-ms"] = str(max(1, int(retry_after * 1000)))

@@ -80,9 +80,16 @@ class AgentRelay:
 
     async def _call(self, route: AgentRoute, ctx: RequestContext, send: Send) -> int:
         body, client_wants_usage = upstream_body(ctx)
-        entry = LedgerEntry(ctx.user_id, route.name, ctx.model, ctx.request_id)
+        entry = LedgerEntry(
+            ctx.user_id,
+            route.name,
+            ctx.model,
+            ctx.request_id,
+            reserved_tokens=ctx.reserve_tokens,
+            id=ctx.call_id,
+            admitted_at=ctx.admitted_at,
+        )
         entry.usage.prompt_tokens = ctx.prompt_estimate
-        entry.reserved_tokens = ctx.reserve_tokens
         self.ledger.admit(entry)
         ctx.entry = entry
         outcome = _Outcome(ctx)
@@ -96,7 +103,7 @@ class AgentRelay:
             if not outcome.started:
                 await send_error(send, error, ctx.request_id, ctx.response_headers)
         finally:
-            self._settle(ctx, entry, outcome)
+            await self._settle(ctx, entry, outcome)
         return outcome.status
 
     async def _relay_json(
@@ -230,11 +237,11 @@ class AgentRelay:
         if not outcome.client_gone:
             await send({"type": "http.response.body", "body": meter.flush(), "more_body": False})
 
-    def _settle(self, ctx: RequestContext, entry: LedgerEntry, outcome: _Outcome) -> None:
+    async def _settle(self, ctx: RequestContext, entry: LedgerEntry, outcome: _Outcome) -> None:
         usage = outcome.final_usage(ctx.prompt_estimate)
         if self.ledger.settle(entry, outcome.status, usage):
             for hook in ctx.settle_hooks:
-                hook(usage)
+                await hook(usage)
             if usage.total_tokens and ctx.model:
                 metrics.TOKENS.labels(model=ctx.model, kind="prompt").inc(usage.prompt_tokens)
                 metrics.TOKENS.labels(model=ctx.model, kind="completion").inc(usage.completion_tokens)

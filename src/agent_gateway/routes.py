@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from agent_gateway.limits.budget import Budgets
 from agent_gateway.limits.rate import RateLimiter
 from agent_gateway.policies import Policy
 from agent_gateway.policies.body import BodyPolicy
+from agent_gateway.policies.budget import BudgetPolicy
 from agent_gateway.policies.models import ModelAllowListPolicy
 from agent_gateway.policies.profile import ProfilePolicy
 from agent_gateway.policies.rate_limit import RateLimitPolicy
@@ -16,7 +18,9 @@ from agent_gateway.stores.profile_cache import ProfileCache
 AGENT_PREFIX = "/api/v1/agents/"
 
 
-def build_agent_routes(settings: Settings, profiles: ProfileCache, limiter: RateLimiter) -> dict[str, AgentRoute]:
+def build_agent_routes(
+    settings: Settings, profiles: ProfileCache, limiter: RateLimiter, budgets: Budgets
+) -> dict[str, AgentRoute]:
     """Routes by the path after `/api/v1/agents/{user_id}/messages`."""
     secret = SecretPolicy(settings.agent_secrets, settings.agent_tokens_only)
     llm_chain: list[Policy] = [
@@ -25,7 +29,7 @@ def build_agent_routes(settings: Settings, profiles: ProfileCache, limiter: Rate
         ProfilePolicy(profiles),  # 3. profile, cached
         ModelAllowListPolicy(),  # 4. allowed models
         RateLimitPolicy(limiter, settings.rate_limit_agent),  # 5. request rate
-        # 6. token rate and monthly limit: reserve-then-settle (BudgetPolicy) goes here.
+        BudgetPolicy(budgets, settings.rate_limit_agent_tokens),  # 6. token rate and month: reserve
     ]
     chat = AgentRoute("chat", "POST", "/chat/completions", llm_chain)
     return {

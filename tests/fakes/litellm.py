@@ -10,6 +10,7 @@ Models:
 - `error-500`, `error-429`, `error-400`: LiteLLM's error bodies with those statuses
 - `key-401`: LiteLLM's 401 for a bad key, echoing key fragments as it really does
 - `hang`: never answers (for timeouts)
+- `tokens-N`: a normal answer whose usage totals N tokens (40 % prompt), streamed or not
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ from aiohttp import web
 
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
 STREAM_WORDS = ["Hel", "lo ", "fro", "m f", "ake"]
+
+
+def sized_usage(model: str) -> dict[str, int]:
+    total = int(model.removeprefix("tokens-"))
+    prompt = total * 4 // 10
+    return {"prompt_tokens": prompt, "completion_tokens": total - prompt, "total_tokens": total}
 
 
 @dataclass
@@ -192,6 +199,8 @@ class FakeLiteLLM:
                 "prompt_tokens_details": {"cached_tokens": None, "audio_tokens": None},
                 "completion_tokens_details": None,
             }
+        elif model.startswith("tokens-"):
+            answer["usage"] = sized_usage(model)
         elif model != "no-usage":
             answer["usage"] = dict(USAGE)
         return web.json_response(
@@ -248,6 +257,8 @@ class FakeLiteLLM:
                 }
                 if model == "null-details":
                     usage["prompt_tokens_details"] = {"cached_tokens": None}
+                if model.startswith("tokens-"):
+                    usage = sized_usage(model)
                 await stream.write(chunk({}, usage=usage))
             await stream.write(b"data: [DONE]\n\n")
             await stream.write_eof()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from agent_gateway import metrics
 from agent_gateway.context import RequestContext
 from agent_gateway.errors import RateLimited
 from agent_gateway.limits.rate import RateLimiter
@@ -19,5 +20,6 @@ class RateLimitPolicy:
         decision = await self.limiter.hit(f"{self.scope}:{ctx.user_id}", self.rate)
         headers = decision.headers(self.rate, self.scope)
         if not decision.allowed:
+            metrics.LIMIT_REJECTIONS.labels(limit="requests").inc()
             raise RateLimited(retry_after=decision.retry_after, headers=headers)
         ctx.response_headers.extend((name.lower().encode(), value.encode()) for name, value in headers.items())

@@ -88,9 +88,10 @@ class Ledger:
         statement = insert(ledger)
         kept = ("id", "admitted_at")
         updated = {col.name: statement.excluded[col.name] for col in ledger.c if col.name not in kept}
-        return statement.on_conflict_do_update(
-            index_elements=[ledger.c.id], set_=updated, where=ledger.c.state != SETTLED
-        )
+        # A settled row is final, except one that recovery settled (status NULL) for a process
+        # that was in fact still running: its real usage, arriving late, wins.
+        final = sa.and_(ledger.c.state == SETTLED, ledger.c.status.is_not(None))
+        return statement.on_conflict_do_update(index_elements=[ledger.c.id], set_=updated, where=sa.not_(final))
 
     def admit(self, entry: LedgerEntry) -> None:
         """Record an admitted call; until settled it counts its prompt estimate."""
@@ -155,6 +156,15 @@ class Ledger:
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         await self.flush()
+
+    async def month_used(self, user_id: str, month: str) -> int:
+        """Tokens of `user_id`'s settled calls in `month`: what budgets load when they have none."""
+        await self.flush()
+        query = sa.select(sa.func.coalesce(sa.func.sum(ledger.c.total_tokens), 0)).where(
+            ledger.c.user_id == user_id, ledger.c.month == month, ledger.c.state == SETTLED
+        )
+        async with self.database.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
 
     async def month_totals(self, month: str, user_id: str | None = None) -> list[dict[str, Any]]:
         """Per-user totals for `month` (YYYY-MM), pending writes included."""

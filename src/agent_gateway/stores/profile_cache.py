@@ -27,6 +27,7 @@ class ProfileCache:
         self.negative_ttl = negative_ttl
         self._entries: dict[str, tuple[float, Profile | None]] = {}
         self._loading: dict[str, asyncio.Future[Profile | None]] = {}
+        self._epoch = 0  # bumped by every invalidation: a load that raced one is answered, not cached
 
     async def get(self, user_id: str) -> Profile | None:
         entry = self._entries.get(user_id)
@@ -37,6 +38,7 @@ class ProfileCache:
             return await asyncio.shield(pending)
         future: asyncio.Future[Profile | None] = asyncio.get_running_loop().create_future()
         self._loading[user_id] = future
+        epoch = self._epoch
         try:
             profile = await self.source.get(user_id)
         except BaseException as exc:
@@ -45,10 +47,12 @@ class ProfileCache:
             raise
         else:
             future.set_result(profile)
-            self._store(user_id, profile)
+            if self._epoch == epoch:
+                self._store(user_id, profile)
             return profile
         finally:
-            del self._loading[user_id]
+            if self._loading.get(user_id) is future:
+                del self._loading[user_id]
 
     def _store(self, user_id: str, profile: Profile | None) -> None:
         if len(self._entries) >= MAX_ENTRIES:
@@ -58,9 +62,13 @@ class ProfileCache:
 
     def invalidate(self, user_id: str) -> None:
         self._entries.pop(user_id, None)
+        self._loading.pop(user_id, None)  # later gets load afresh instead of joining a load that read the old row
+        self._epoch += 1
 
     def clear(self) -> None:
         self._entries.clear()
+        self._loading.clear()
+        self._epoch += 1
 
 
 async def publish_change(redis: Redis, user_id: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,7 +58,20 @@ class ProfileStore:
     def _key(self) -> sa.Column[Any]:
         return self._table.c[self.database.key_column]
 
+    def _can_exist(self, user_id: str) -> bool:
+        """False for an id the table cannot hold (a platform table keyed by UUID, a non-UUID id), which
+        would otherwise be a database error instead of "no such user"."""
+        if not isinstance(self._table.c.id.type, sa.Uuid):
+            return True
+        try:
+            uuid.UUID(user_id)
+        except ValueError:
+            return False
+        return True
+
     async def get(self, user_id: str) -> Profile | None:
+        if not self._can_exist(user_id):
+            return None
         query = sa.select(self._table).where(self._table.c.id == user_id)
         async with self.database.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
@@ -78,8 +92,13 @@ class ProfileStore:
             "allowed_models": self._models_value(profile.allowed_models),
             "monthly_limit": profile.monthly_limit,
         }
-        async with self.database.begin() as conn:
-            await conn.execute(sa.insert(self._table).values(**values))
+        try:
+            async with self.database.begin() as conn:
+                await conn.execute(sa.insert(self._table).values(**values))
+        except sa.exc.IntegrityError:
+            if await self.get(profile.id) is not None:
+                return False  # added by someone else since we looked
+            raise
         return True
 
     async def update(self, user_id: str, **changes: Any) -> bool:
@@ -91,11 +110,17 @@ class ProfileStore:
             values["allowed_models"] = self._models_value(changes["allowed_models"])
         if "monthly_limit" in changes:
             values["monthly_limit"] = changes["monthly_limit"]
+        if not self._can_exist(user_id):
+            return False
+        if not values:  # an empty UPDATE is a syntax error; nothing to change is fine for an existing user
+            return await self.get(user_id) is not None
         async with self.database.begin() as conn:
             result = await conn.execute(sa.update(self._table).where(self._table.c.id == user_id).values(**values))
         return bool(result.rowcount)
 
     async def remove(self, user_id: str) -> bool:
+        if not self._can_exist(user_id):
+            return False
         async with self.database.begin() as conn:
             result = await conn.execute(sa.delete(self._table).where(self._table.c.id == user_id))
         return bool(result.rowcount)

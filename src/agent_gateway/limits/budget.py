@@ -1,0 +1,303 @@
+"""Token budgets, reserve-then-settle (SPEC §5 step 6): the monthly limit and the token rate.
+
+At admission a call reserves its worst case. It is admitted only if
+    used + reserved by others + this reservation <= limit
+for the month (`monthly_limit`) and for the rolling token window (`RATE_LIMIT_AGENT_TOKENS`),
+both in one atomic step; when it ends, the reservation is replaced by the real usage. A
+reservation expires on its own (`ttl`), so a crashed process cannot hold budget forever.
+
+On Redis the step is one Lua script, so every instance shares one budget. The month's `used`
+lives in Redis as a cache of the ledger: when Redis has none (restart, eviction, a new month)
+it is loaded from the ledger, which stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from agent_gateway import metrics
+from agent_gateway.errors import LimitsUnavailable
+from agent_gateway.settings import Rate
+
+log = logging.getLogger("agent_gateway.limits")
+MonthTotal = Callable[[str, str], Awaitable[int]]  # (user_id, month) -> settled tokens in the ledger
+ADMITTED, OVER_MONTH, OVER_RATE, NEEDS_LOAD = 1, 0, 2, -1
+_MONTH_KEY_TTL = 40 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRequest:
+    user_id: str
+    month: str
+    reservation_id: str
+    tokens: int
+    monthly_limit: int | None
+    token_rate: Rate | None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetDecision:
+    outcome: int
+    used: int = 0  # month: settled tokens; token rate: tokens in the window
+    reserved: int = 0
+    retry_after: float = 0.0
+
+    @property
+    def admitted(self) -> bool:
+        return self.outcome == ADMITTED
+
+
+class Budgets(Protocol):
+    async def reserve(self, request: BudgetRequest) -> BudgetDecision: ...
+
+    async def settle(self, request: BudgetRequest, actual: int) -> None: ...
+
+
+@dataclass
+class _Month:
+    used: int
+    loaded_at: float = field(default_factory=time.monotonic)
+    reservations: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (tokens, expiry)
+
+    def reserved(self, now: float) -> int:
+        for rid in [rid for rid, (_, expiry) in self.reservations.items() if expiry <= now]:
+            del self.reservations[rid]
+        return sum(tokens for tokens, _ in self.reservations.values())
+
+
+class MemoryBudgets:
+    """One process's budgets; month totals loaded from the ledger on first use."""
+
+    def __init__(self, month_total: MonthTotal, ttl: float, reload_after: float | None = None) -> None:
+        self.month_total = month_total
+        self.ttl = ttl
+        self.reload_after = reload_after  # re-read the ledger this often (when others write it too)
+        self._months: dict[tuple[str, str], _Month] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[_Month]] = {}
+        self._windows: dict[str, dict[str, tuple[float, int]]] = {}  # user -> id -> (admitted at, tokens)
+
+    async def reserve(self, request: BudgetRequest) -> BudgetDecision:
+        month = None
+        if request.monthly_limit is not None:
+            month = await self._month(request.user_id, request.month)
+        # From here to the end no await: the check and the reservation are one atomic step.
+        now = time.monotonic()
+        if month is not None and request.monthly_limit is not None:
+            reserved = month.reserved(now)
+            if month.used + reserved + request.tokens > request.monthly_limit:
+                return BudgetDecision(OVER_MONTH, month.used, reserved)
+        window = self._windows.setdefault(request.user_id, {})
+        if request.token_rate is not None:
+            in_window = self._prune(window, now, request.token_rate.period)
+            if in_window + request.tokens > request.token_rate.limit:
+                retry = self._retry_after(window, now, request, in_window)
+                return BudgetDecision(OVER_RATE, in_window, 0, retry)
+            window[request.reservation_id] = (now, request.tokens)
+        if month is not None:
+            month.reservations[request.reservation_id] = (request.tokens, now + self.ttl)
+        return BudgetDecision(ADMITTED, month.used if month else 0)
+
+    async def _month(self, user_id: str, month_name: str) -> _Month:
+        key = (user_id, month_name)
+        month = self._months.get(key)
+        fresh = month is not None and (
+            self.reload_after is None or time.monotonic() - month.loaded_at < self.reload_after
+        )
+        if month is not None and fresh:
+            return month
+        # One ledger read per month at a time; everyone else waits for it, so no late read
+        # can overwrite a total that settlements have moved on since.
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = self._loading[key] = asyncio.ensure_future(self._load(key))
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        return await asyncio.shield(loading)
+
+    async def _load(self, key: tuple[str, str]) -> _Month:
+        used = await self.month_total(*key)
+        month = self._months.setdefault(key, _Month(used))
+        month.used, month.loaded_at = used, time.monotonic()
+        return month
+
+    async def settle(self, request: BudgetRequest, actual: int) -> None:
+        month = self._months.get((request.user_id, request.month))
+        if month is not None:
+            month.reservations.pop(request.reservation_id, None)
+            month.used += actual
+        window = self._windows.get(request.user_id)
+        if window is not None and request.reservation_id in window:
+            window[request.reservation_id] = (window[request.reservation_id][0], actual)
+
+    @staticmethod
+    def _prune(window: dict[str, tuple[float, int]], now: float, period: float) -> int:
+        for rid in [rid for rid, (at, _) in window.items() if at <= now - period]:
+            del window[rid]
+        return sum(tokens for _, tokens in window.values())
+
+    @staticmethod
+    def _retry_after(window: dict[str, tuple[float, int]], now: float, request: BudgetRequest, in_window: int) -> float:
+        assert request.token_rate is not None
+        excess = in_window + request.tokens - request.token_rate.limit
+        for at, tokens in sorted(window.values()):
+            excess -= tokens
+            if excess <= 0:
+                return at + request.token_rate.period - now
+        return request.token_rate.period  # larger than the whole window: never, but say when to look again
+
+
+# KEYS: month used, month reservations (zset: score = expiry ms, member = id:tokens), token window
+# (zset: score = admitted ms, member = id:tokens). ARGV: tokens, id, monthly limit (-1 = none),
+# reservation ttl ms, month total from the ledger ('' = not loaded), token limit (-1 = none),
+# window ms. Returns {outcome, used, reserved, retry ms}.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local tokens = tonumber(ARGV[1])
+local monthly = tonumber(ARGV[3])
+local used, reserved = 0, 0
+local function sum(key)
+  local total = 0
+  for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    total = total + tonumber(string.match(member, ':(%d+)$'))
+  end
+  return total
+end
+if monthly >= 0 then
+  local current = redis.call('GET', KEYS[1])
+  if not current then
+    if ARGV[5] == '' then return {-1, 0, 0, 0} end
+    redis.call('SET', KEYS[1], ARGV[5], 'EX', 3456000)
+    current = ARGV[5]
+  end
+  used = tonumber(current)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  reserved = sum(KEYS[2])
+  if used + reserved + tokens > monthly then return {0, used, reserved, 0} end
+end
+local rate = tonumber(ARGV[6])
+if rate >= 0 then
+  local window = tonumber(ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+  local members = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+  local in_window = 0
+  for i = 1, #members, 2 do
+    in_window = in_window + tonumber(string.match(members[i], ':(%d+)$'))
+  end
+  if in_window + tokens > rate then
+    local excess = in_window + tokens - rate
+    for i = 1, #members, 2 do
+      excess = excess - tonumber(string.match(members[i], ':(%d+)$'))
+      if excess <= 0 then return {2, in_window, 0, tonumber(members[i + 1]) + window - now} end
+    end
+    return {2, in_window, 0, window}
+  end
+  redis.call('ZADD', KEYS[3], now, ARGV[2] .. ':' .. tokens)
+  redis.call('PEXPIRE', KEYS[3], window)
+end
+if monthly >= 0 then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[2] .. ':' .. tokens)
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]))
+end
+return {1, used, reserved, 0}
+"""
+
+# KEYS as above. ARGV: id, reserved tokens, actual tokens. The month total grows only if Redis
+# still holds it; otherwise the next load reads this call from the ledger.
+_SETTLE = """
+local reserved = ARGV[1] .. ':' .. ARGV[2]
+redis.call('ZREM', KEYS[2], reserved)
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[3]) end
+local score = redis.call('ZSCORE', KEYS[3], reserved)
+if score then
+  redis.call('ZREM', KEYS[3], reserved)
+  redis.call('ZADD', KEYS[3], score, ARGV[1] .. ':' .. ARGV[3])
+end
+return 1
+"""
+
+
+class RedisBudgets:
+    """Budgets shared by every instance. When Redis fails: `open` checks against the ledger in
+    this process (a metric and a log line say so), `closed` refuses with 503."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        month_total: MonthTotal,
+        ttl: float,
+        fail_mode: Literal["open", "closed"],
+        prefix: str = "agw:budget:",
+    ) -> None:
+        self.redis = redis
+        self.month_total = month_total
+        self.ttl = ttl
+        self.fail_mode = fail_mode
+        self.prefix = prefix
+        self.fallback = MemoryBudgets(month_total, ttl, reload_after=5.0)
+        self._reserve = redis.register_script(_RESERVE)
+        self._settle = redis.register_script(_SETTLE)
+        self._last_warning = 0.0
+        self._held_by_fallback: set[str] = set()
+
+    def _keys(self, request: BudgetRequest) -> list[str]:
+        month = f"{self.prefix}{request.user_id}:{request.month}"
+        return [f"{month}:used", f"{month}:reserved", f"{self.prefix}{request.user_id}:tokens"]
+
+    async def reserve(self, request: BudgetRequest) -> BudgetDecision:
+        args: list[int | str] = [
+            request.tokens,
+            request.reservation_id,
+            request.monthly_limit if request.monthly_limit is not None else -1,
+            int(self.ttl * 1000),
+            "",
+            request.token_rate.limit if request.token_rate else -1,
+            int(request.token_rate.period * 1000) if request.token_rate else 0,
+        ]
+        try:
+            result = await self._reserve(keys=self._keys(request), args=args)
+            if int(result[0]) == NEEDS_LOAD:
+                args[4] = await self.month_total(request.user_id, request.month)
+                result = await self._reserve(keys=self._keys(request), args=args)
+        except (RedisError, OSError) as exc:
+            return await self._degraded(request, exc)
+        outcome, used, reserved, retry_ms = (int(value) for value in result)
+        return BudgetDecision(outcome, used, reserved, retry_ms / 1000)
+
+    async def settle(self, request: BudgetRequest, actual: int) -> None:
+        if request.reservation_id in self._held_by_fallback:
+            self._held_by_fallback.discard(request.reservation_id)
+            await self.fallback.settle(request, actual)
+            return
+        try:
+            await self._settle(keys=self._keys(request), args=[request.reservation_id, request.tokens, actual])
+        except (RedisError, OSError) as exc:
+            # The reservation expires by itself; the ledger row has the usage for the next load.
+            self._warn("settle", exc)
+
+    async def _degraded(self, request: BudgetRequest, exc: Exception) -> BudgetDecision:
+        self._warn("reserve", exc)
+        if self.fail_mode == "closed":
+            raise LimitsUnavailable()
+        # Checked against the ledger, never unchecked: the fallback re-reads month totals from it.
+        decision = await self.fallback.reserve(request)
+        if decision.admitted:
+            self._held_by_fallback.add(request.reservation_id)
+        return decision
+
+    def _warn(self, step: str, exc: Exception) -> None:
+        metrics.REDIS_FALLBACKS.labels(component="budget", mode=self.fail_mode).inc()
+        now = time.monotonic()
+        if now - self._last_warning > 60:
+            self._last_warning = now
+            log.warning(
+                "redis unavailable for budgets",
+                extra={"step": step, "mode": self.fail_mode, "reason": type(exc).__name__},
+            )
