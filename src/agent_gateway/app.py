@@ -16,22 +16,33 @@ import signal
 import time
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
+from starlette.middleware.cors import CORSMiddleware
 
 from agent_gateway import metrics
 from agent_gateway.asgi import send_error
+from agent_gateway.auth.jwt import JWTVerifier
+from agent_gateway.breaker import Breakers
+from agent_gateway.cache import ResponseCache
 from agent_gateway.context import RequestContext
 from agent_gateway.errors import MethodNotAllowed, NotFound, Overloaded, ServerError
+from agent_gateway.frontend import FrontendRoutes, is_frontend_path
+from agent_gateway.letta import LettaGuard
 from agent_gateway.limits.budget import Budgets, MemoryBudgets, RedisBudgets
 from agent_gateway.limits.rate import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from agent_gateway.passthrough import ServiceProxy, UpstreamCall
+from agent_gateway.policies.jwt import JWTPolicy
+from agent_gateway.policies.rate_limit import RateLimitPolicy
 from agent_gateway.relay import AgentRelay
-from agent_gateway.routes import AGENT_PREFIX, build_agent_routes, match_agent_path
+from agent_gateway.routes import AGENT_PREFIX, build_agent_routes, build_llm_routes, match_agent_path
 from agent_gateway.settings import Settings
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.ledger import Ledger
+from agent_gateway.stores.postgrest import PostgrestProfileSource
 from agent_gateway.stores.profile_cache import ProfileCache, listen_for_changes
 from agent_gateway.stores.profiles import ProfileStore
-from agent_gateway.types import Message, Receive, Scope, Send
+from agent_gateway.types import ASGIApp, Message, Receive, Scope, Send
 from agent_gateway.upstream import UpstreamClient
 
 access_log = logging.getLogger("agent_gateway.access")
@@ -40,7 +51,7 @@ _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 REDIS_TIMEOUT = 0.25  # seconds; a limit check waits no longer than this before its fail mode applies
 
 
-def connect_redis(settings: Settings, timeout: float | None = REDIS_TIMEOUT) -> Redis | None:
+def connect_redis(settings: Settings, timeout: float | None = REDIS_TIMEOUT, **options: Any) -> Redis | None:
     if not settings.redis_url:
         return None
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
@@ -67,13 +78,79 @@ class Gateway:
             if self.redis
             else MemoryBudgets(self.ledger.month_used, reservation_ttl)
         )
+        self.breakers = Breakers(settings.breaker_threshold, settings.breaker_cooldown_seconds)
         self.litellm = UpstreamClient("litellm", settings.litellm_base_url)
-        self.relay = AgentRelay(settings, self.litellm, self.ledger)
+        self.relay = AgentRelay(settings, self.litellm, self.ledger, self.breakers)
         self.agent_routes = build_agent_routes(settings, self.profiles, self.limiter, self.budgets)
+        self.upstreams = [self.litellm]
+        self.frontend = self._build_frontend()
         self.ops = build_ops_app(self)
         self.draining = False
         self.in_flight = 0
         self._background: list[asyncio.Task[None]] = []
+
+    def _build_frontend(self) -> ASGIApp:
+        settings = self.settings
+        self.supabase = UpstreamClient("supabase", settings.supabase_url or "http://127.0.0.1")
+        self.jwt = JWTPolicy(None)  # its verifier needs the HTTP session: made in startup()
+        self.letta = self.ams = None
+        if settings.letta_base_url:
+            self.letta = UpstreamClient("letta", settings.letta_base_url)
+        if settings.ams_base_url:
+            self.ams = UpstreamClient("ams", settings.ams_base_url)
+        self.upstreams += [client for client in (self.supabase, self.letta, self.ams) if client is not None]
+        ams_proxy = ServiceProxy(self.ams, "", self.breakers.get("ams"), settings.request_timeout) if self.ams else None
+        letta = None
+        if self.letta is not None:
+            api_key = settings.letta_api_key.get_secret_value() if settings.letta_api_key else None
+            agent_ids = self._ams_agent_ids if settings.letta_ownership == "ams" and ams_proxy else None
+            guard = LettaGuard(self.letta, api_key, settings.public_base_url, agent_ids)
+            letta = (ServiceProxy(self.letta, "/v1", self.breakers.get("letta"), settings.request_timeout), guard)
+        self.ams_proxy = ams_proxy
+        self.cache = ResponseCache(self.redis)
+        routes = FrontendRoutes(
+            relay=self.relay,
+            llm_routes=build_llm_routes(settings, self.jwt, self.profiles, self.limiter, self.budgets),
+            gate=[self.jwt, RateLimitPolicy(self.limiter, settings.rate_limit_general, scope="general")],
+            letta=letta,
+            ams=ams_proxy,
+            ledger=self.ledger,
+            profiles=self.profiles,
+            cache=self.cache,
+            max_body_bytes=settings.max_body_bytes,
+            max_upload_bytes=settings.max_upload_bytes,
+        )
+
+        async def frontend(scope: Scope, receive: Receive, send: Send) -> None:
+            state = scope["state"]
+            state["route"], state["ctx"] = await routes.serve(scope, receive, send, state["request_id"])
+
+        origins = list(settings.allowed_origins)
+        return CORSMiddleware(
+            frontend,
+            allow_origins=origins,
+            allow_credentials="*" not in origins,  # credentials only with explicit origins
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy"],
+            max_age=600,
+        )
+
+    async def _ams_agent_ids(self, user_id: str, token: str | None) -> set[str]:
+        """The agent ids AMS lists for `user_id` (LETTA_OWNERSHIP=ams), cached briefly."""
+        cached = await self.cache.get(user_id, "ams-agents")
+        if cached is not None:
+            return set(orjson.loads(cached[1]))
+        assert self.ams_proxy is not None
+        headers = {"X-User-ID": user_id, "Authorization": f"Bearer {token}"}
+        call = UpstreamCall("GET", ["me"], "", headers)
+        response = await self.ams_proxy.open(call)
+        async with response:
+            me = await response.json(content_type=None) if response.status == 200 else {}
+        agents = me.get("agents") or me.get("agent_ids") or [] if isinstance(me, dict) else []
+        ids = {a["id"] if isinstance(a, dict) else str(a) for a in agents}
+        await self.cache.put(user_id, "ams-agents", (b"application/json", orjson.dumps(sorted(ids))), 10.0)
+        return ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -107,6 +184,9 @@ class Gateway:
         try:
             if scope["path"].startswith(AGENT_PREFIX):
                 route, ctx = await self._serve_agent(scope, receive, send_with_id, request_id)
+            elif is_frontend_path(scope["path"]):
+                await self.frontend(scope, receive, send_with_id)
+                route, ctx = scope["state"].get("route", "preflight"), scope["state"].get("ctx")
             else:
                 await self.ops(scope, receive, send_with_id)
                 matched = scope.get("route")
@@ -173,9 +253,17 @@ class Gateway:
     async def startup(self) -> None:
         await self.database.start()
         await self.ledger.start()
-        await self.litellm.start()
+        for client in self.upstreams:
+            await client.start()
+        settings = self.settings
+        if settings.supabase_url or settings.supabase_jwt_secret:
+            secret = settings.supabase_jwt_secret.get_secret_value() if settings.supabase_jwt_secret else None
+            self.jwt.verifier = JWTVerifier(settings.supabase_url, secret, self.supabase.session)
+        if settings.supabase_url and settings.supabase_service_role_key:
+            key = settings.supabase_service_role_key.get_secret_value()
+            self.profiles.source = PostgrestProfileSource(settings.supabase_url, key, self.supabase.session)
         if self.settings.redis_url:
-            listener = connect_redis(self.settings, timeout=None)
+            listener = connect_redis(self.settings, timeout=None, health_check_interval=30)
             assert listener is not None
             self._background.append(asyncio.create_task(listen_for_changes(listener, self.profiles)))
         self._install_drain_on_sigterm()
@@ -185,9 +273,11 @@ class Gateway:
         self.relay.streams.cut_all()
         for task in self._background:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._background:  # a listener stuck in a reconnect must not hold the shutdown
+            await asyncio.wait(self._background, timeout=2.0)
         await self.ledger.close()
-        await self.litellm.close()
+        for client in self.upstreams:
+            await client.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.database.close()

@@ -70,7 +70,9 @@ def _run(work: Callable[[Settings, Database], Coroutine[Any, Any, T]]) -> T:
 
 async def _announce(settings: Settings, user_id: str) -> None:
     """Tell running gateways (through Redis) to drop their cached profile of `user_id`."""
-    from agent_gateway.app import connect_redis
+    if not settings.redis_url:
+        return
+    from agent_gateway.app import connect_redis  # the server's modules load only when there is Redis to tell
     from agent_gateway.stores.profile_cache import publish_change
 
     redis = connect_redis(settings, timeout=2.0)
@@ -245,6 +247,9 @@ def token(user_id: str) -> None:
 def usage(user_id: str | None, month: str, as_json: bool) -> None:
     """Token usage per user for a month, from the ledger."""
     try:
+        # strptime alone takes "2024-1", which would match no ledger row (they hold "2024-01")
+        if len(month) != 7:
+            raise ValueError(month)
         datetime.strptime(month, "%Y-%m")
     except ValueError:
         raise click.BadParameter("expected YYYY-MM", param_hint="--month") from None

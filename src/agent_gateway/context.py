@@ -29,6 +29,7 @@ class RequestContext:
     model: str | None = None
     stream: bool = False
     profile: Profile | None = None
+    token: str | None = None  # a frontend user's own access token, passed on to AMS
     prompt_estimate: int = 0
     reserve_tokens: int = 0  # worst case of this call, held by the budget until it settles
     response_headers: Headers = field(default_factory=list)

@@ -7,6 +7,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from agent_gateway.upstream import UpstreamClient
+
 if TYPE_CHECKING:
     from agent_gateway.app import Gateway
 
@@ -14,14 +16,27 @@ CHECK_TIMEOUT = 2.0
 
 
 async def check_health(gateway: Gateway) -> dict[str, Any]:
+    settings = gateway.settings
     checks: dict[str, Callable[[], Awaitable[None]] | None] = {
         "database": gateway.database.ping,
         "redis": _redis_ping(gateway) if gateway.redis is not None else None,
-        "litellm": lambda: _http_ok(gateway, "/health/liveliness"),
+        # LiteLLM's own /health calls every model; liveliness only asks whether it is up.
+        "litellm": lambda: _http_ok(gateway.litellm, "/health/liveliness"),
+        "letta": _probe(gateway.letta, "/v1/health/"),
+        "ams": _probe(gateway.ams, "/health"),
+        "supabase": (lambda: _http_ok(gateway.supabase, "/auth/v1/.well-known/jwks.json"))
+        if settings.supabase_url
+        else None,
     }
     names = list(checks)
     results = await asyncio.gather(*(_run(checks[name]) for name in names))
     report = dict(zip(names, results, strict=True))
+    breakers = gateway.breakers.states()
+    for name, result in report.items():
+        if name in breakers:
+            result["breaker"] = breakers[name]
+    if any(key.startswith("litellm:") for key in breakers):
+        report["litellm"]["breakers"] = {k.split(":", 1)[1]: v for k, v in breakers.items() if k.startswith("litellm:")}
     healthy = all(result["status"] in ("ok", "not_configured") for result in results)
     status = "draining" if gateway.draining else ("ok" if healthy else "error")
     return {"status": status, "checks": report}
@@ -35,8 +50,12 @@ def _redis_ping(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     return ping
 
 
-async def _http_ok(gateway: Gateway, path: str) -> None:
-    status, _ = await gateway.litellm.get_status(path, CHECK_TIMEOUT)
+def _probe(client: UpstreamClient | None, path: str) -> Callable[[], Awaitable[None]] | None:
+    return None if client is None else lambda: _http_ok(client, path)
+
+
+async def _http_ok(client: UpstreamClient, path: str) -> None:
+    status, _ = await client.get_status(path, CHECK_TIMEOUT)
     if status >= 400:
         raise RuntimeError(f"HTTP {status}")
 

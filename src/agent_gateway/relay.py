@@ -16,8 +16,17 @@ import orjson
 
 from agent_gateway import metrics
 from agent_gateway.asgi import send_bytes, send_error, send_json
+from agent_gateway.breaker import Breakers, CircuitBreaker, counts_as_failure
 from agent_gateway.context import RequestContext
-from agent_gateway.errors import GatewayError, ServiceUnavailable, UpstreamKeyRejected, sse_error_event
+from agent_gateway.errors import (
+    CircuitOpen,
+    GatewayError,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamKeyRejected,
+    UpstreamTimeout,
+    sse_error_event,
+)
 from agent_gateway.forwarding import upstream_body, upstream_headers
 from agent_gateway.policies import Policy, run_policies
 from agent_gateway.settings import Settings
@@ -56,10 +65,11 @@ class StreamRegistry:
 
 
 class AgentRelay:
-    def __init__(self, settings: Settings, upstream: UpstreamClient, ledger: Ledger) -> None:
+    def __init__(self, settings: Settings, upstream: UpstreamClient, ledger: Ledger, breakers: Breakers) -> None:
         self.settings = settings
         self.upstream = upstream
         self.ledger = ledger
+        self.breakers = breakers
         self.streams = StreamRegistry()
         self._json_timeout = aiohttp.ClientTimeout(total=settings.llm_timeout, sock_connect=settings.request_timeout)
         self._stream_timeout = aiohttp.ClientTimeout(
@@ -79,6 +89,14 @@ class AgentRelay:
         return await self._call(route, ctx, send)
 
     async def _call(self, route: AgentRoute, ctx: RequestContext, send: Send) -> int:
+        breaker = self.breakers.get(f"litellm:{ctx.model}")
+        try:
+            breaker.before_call()
+        except CircuitOpen as error:
+            for hook in ctx.settle_hooks:  # not admitted after all: give back what policies hold
+                await hook(Usage())
+            await send_error(send, error, ctx.request_id, ctx.response_headers)
+            return error.status_code
         body, client_wants_usage = upstream_body(ctx)
         entry = LedgerEntry(
             ctx.user_id,
@@ -92,7 +110,7 @@ class AgentRelay:
         entry.usage.prompt_tokens = ctx.prompt_estimate
         self.ledger.admit(entry)
         ctx.entry = entry
-        outcome = _Outcome(ctx)
+        outcome = _Outcome(ctx, breaker)
         try:
             if ctx.stream:
                 await self._relay_stream(route, ctx, body, client_wants_usage, send, outcome)
@@ -100,9 +118,12 @@ class AgentRelay:
                 await self._relay_json(route, ctx, body, send, outcome)
         except GatewayError as error:
             outcome.fail(error)
+            if isinstance(error, UpstreamError | UpstreamTimeout):
+                breaker.failed()
             if not outcome.started:
                 await send_error(send, error, ctx.request_id, ctx.response_headers)
         finally:
+            breaker.release_probe()  # a probe that ended with no verdict lets the next one try
             await self._settle(ctx, entry, outcome)
         return outcome.status
 
@@ -119,6 +140,7 @@ class AgentRelay:
             status = response.status
             headers = response_headers(response)
         outcome.status = status
+        outcome.upstream_answered(bool(content))
         if status in (401, 403):
             raise UpstreamKeyRejected()
         if status < 400:
@@ -168,12 +190,14 @@ class AgentRelay:
                     content = await response.read()
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     raise map_client_error(exc, self.upstream.name) from None
+                outcome.upstream_answered(bool(content))
                 if response.status < 400:
                     content = self._metered_json(route, content, outcome)
                 outcome.started = True
                 headers = [*response_headers(response), (b"content-length", str(len(content)).encode())]
                 await send_bytes(send, response.status, headers + ctx.response_headers, content)
                 return
+            outcome.upstream_answered(True)
             self.streams.active.add(response)
             try:
                 await self._pump(ctx, response, client_wants_usage, send, outcome)
@@ -271,15 +295,22 @@ class AgentRelay:
 class _Outcome:
     """How a call ended, as far as billing is concerned."""
 
-    __slots__ = ("client_gone", "ctx", "meter", "started", "status", "usage")
+    __slots__ = ("breaker", "client_gone", "ctx", "meter", "started", "status", "usage")
 
-    def __init__(self, ctx: RequestContext) -> None:
+    def __init__(self, ctx: RequestContext, breaker: CircuitBreaker) -> None:
         self.ctx = ctx
+        self.breaker = breaker
         self.status = 0
         self.started = False
         self.client_gone = False
         self.usage: Usage | None = None
         self.meter: StreamMeter | None = None
+
+    def upstream_answered(self, has_body: bool) -> None:
+        if counts_as_failure(self.status, has_body):
+            self.breaker.failed()
+        else:
+            self.breaker.succeeded()
 
     def fail(self, error: GatewayError) -> None:
         if not self.started:

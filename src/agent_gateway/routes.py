@@ -7,6 +7,7 @@ from agent_gateway.limits.rate import RateLimiter
 from agent_gateway.policies import Policy
 from agent_gateway.policies.body import BodyPolicy
 from agent_gateway.policies.budget import BudgetPolicy
+from agent_gateway.policies.jwt import JWTPolicy
 from agent_gateway.policies.models import ModelAllowListPolicy
 from agent_gateway.policies.profile import ProfilePolicy
 from agent_gateway.policies.rate_limit import RateLimitPolicy
@@ -38,6 +39,26 @@ def build_agent_routes(
         "/responses": AgentRoute("responses", "POST", "/responses", llm_chain),
         "/embeddings": AgentRoute("embeddings", "POST", "/embeddings", llm_chain),
         "/models": AgentRoute("models", "GET", "/models", [secret, ProfilePolicy(profiles)]),
+    }
+
+
+def build_llm_routes(
+    settings: Settings, jwt: JWTPolicy, profiles: ProfileCache, limiter: RateLimiter, budgets: Budgets
+) -> dict[str, AgentRoute]:
+    """The frontend's `/api/v1/llm/…`: the same chain from step 2, the user taken from the token."""
+    llm_chain: list[Policy] = [
+        jwt,  # a signed-in user's Supabase token; `sub` is the user
+        BodyPolicy(settings.max_body_bytes, settings.default_reserve_tokens),
+        ProfilePolicy(profiles),
+        ModelAllowListPolicy(),
+        RateLimitPolicy(limiter, settings.rate_limit_agent),
+        BudgetPolicy(budgets, settings.rate_limit_agent_tokens),
+    ]
+    return {
+        "/chat/completions": AgentRoute("chat", "POST", "/chat/completions", llm_chain),
+        "/responses": AgentRoute("responses", "POST", "/responses", llm_chain),
+        "/embeddings": AgentRoute("embeddings", "POST", "/embeddings", llm_chain),
+        "/models": AgentRoute("models", "GET", "/models", [jwt, ProfilePolicy(profiles)]),
     }
 
 

@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
     admin_api_key: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     environment: str = "development"

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from agent_gateway.context import RequestContext
-from agent_gateway.errors import UserNotFound
+from agent_gateway.errors import ServiceUnavailable, UserNotFound
 from agent_gateway.stores.profile_cache import ProfileCache
 
 
@@ -12,7 +12,10 @@ class ProfilePolicy:
         self.profiles = profiles
 
     async def check(self, ctx: RequestContext) -> None:
-        profile = await self.profiles.get(ctx.user_id)
+        try:
+            profile = await self.profiles.get(ctx.user_id)
+        except Exception as exc:  # the store or PostgREST is down: nothing to decide with
+            raise ServiceUnavailable("User profiles cannot be read right now.") from exc
         if profile is None or not profile.litellm_key:
             raise UserNotFound()
         ctx.profile = profile

@@ -187,4 +187,5 @@ class Ledger:
             query = query.where(ledger.c.user_id == user_id)
         async with self.database.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
-        return [{"month": month, **{k: (v if k == "user_id" else int(v)) for k, v in row.items()}} for row in rows]
+        # str(k): the user_id key is SQLAlchemy's `quoted_name`, a str subclass that orjson refuses as a key
+        return [{"month": month, **{str(k): (v if k == "user_id" else int(v)) for k, v in row.items()}} for row in rows]

@@ -77,13 +77,23 @@ async def publish_change(redis: Redis, user_id: str) -> None:
 
 async def listen_for_changes(redis: Redis, cache: ProfileCache) -> None:
     """Evict profiles as the CLI changes them; reconnects until cancelled."""
+    task = asyncio.current_task()
     while True:
         try:
             async with redis.pubsub() as pubsub:
                 await pubsub.subscribe(INVALIDATION_CHANNEL)
-                cache.clear()  # changes made while we were not listening are unknown
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if task is not None and task.cancelling():
+                        # redis-py can swallow a cancellation that lands while it reconnects; honour it here
+                        raise asyncio.CancelledError
+                    if message is None:
+                        continue
+                    if message.get("type") == "subscribe":
+                        # (Re)subscribed, also after redis-py reconnected on its own: changes made while we
+                        # were not listening are unknown.
+                        cache.clear()
+                    elif message.get("type") == "message":
                         data = message["data"]
                         cache.invalidate(data.decode() if isinstance(data, bytes) else str(data))
         except asyncio.CancelledError:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from agent_gateway.stores.database import Database
 
-USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")  # \Z: no trailing newline slips through
 
 
 @dataclass(frozen=True, slots=True)

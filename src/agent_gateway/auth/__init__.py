@@ -1,0 +1,1 @@
+"""Verification of who is calling: Supabase user tokens."""

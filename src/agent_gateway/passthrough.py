@@ -1,0 +1,160 @@
+"""Pass-through to the platform's other services (Letta, AMS), SPEC §6.
+
+The upstream URL is always the configured origin and prefix plus path segments that were
+checked one by one: no `.`/`..`/empty segment, no encoded `/` or `\\`, no control character.
+Headers go by allow-list both ways. Bodies stream through with a byte cap, answers stream
+back as they arrive (SSE included), and every call feeds the service's circuit breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+import aiohttp
+
+from agent_gateway import metrics
+from agent_gateway.breaker import CircuitBreaker, counts_as_failure
+from agent_gateway.errors import BadRequest, BodyTooLarge, GatewayError, sse_error_event
+from agent_gateway.types import Headers, Receive, Send
+from agent_gateway.upstream import UpstreamClient, map_client_error
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_REQUEST_HEADERS = (b"content-type", b"accept", b"traceparent", b"tracestate", b"last-event-id")
+_RESPONSE_HEADERS = frozenset(
+    {b"content-type", b"content-disposition", b"cache-control", b"etag", b"last-modified", b"retry-after", b"location"}
+)
+
+
+def split_path(raw_path: bytes, prefix: str) -> list[str]:
+    """The decoded segments after `prefix`, each one safe to put back into a URL (else 400)."""
+    rest = raw_path.decode("latin-1")[len(prefix) :].removeprefix("/")
+    segments = rest.split("/") if rest else []
+    if segments and segments[-1] == "":
+        segments.pop()  # one trailing slash is harmless
+    decoded: list[str] = []
+    for raw in segments:
+        segment = unquote(raw)
+        if segment in ("", ".", "..") or "/" in segment or "\\" in segment or _CONTROL.search(segment):
+            raise BadRequest("The path holds a segment that is not allowed.", param="path")
+        decoded.append(segment)
+    return decoded
+
+
+def join_path(segments: list[str]) -> str:
+    return "".join("/" + quote(segment, safe="") for segment in segments)
+
+
+@dataclass
+class UpstreamCall:
+    """One request to pass on: built by the route, possibly rewritten by a guard."""
+
+    method: str
+    segments: list[str]
+    query: str
+    headers: dict[str, str]
+    body: bytes | None = None  # a JSON body read whole (so a guard can check and rewrite it)
+    stream_body: AsyncIterator[bytes] | None = None  # an upload, passed on as it arrives
+
+
+class ServiceProxy:
+    """One upstream service behind a path prefix, e.g. Letta's `/v1`."""
+
+    def __init__(self, client: UpstreamClient, prefix: str, breaker: CircuitBreaker, header_timeout: float) -> None:
+        self.client = client
+        self.prefix = prefix.rstrip("/")
+        self.breaker = breaker
+        self.header_timeout = header_timeout
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=header_timeout, sock_read=None)
+
+    @property
+    def name(self) -> str:
+        return self.client.name
+
+    async def open(self, call: UpstreamCall) -> aiohttp.ClientResponse:
+        """Send `call`; the response headers are in, the body is still to read. Raises 502/503/504."""
+        self.breaker.before_call()
+        url = self.client.base_url + self.prefix + join_path(call.segments) + (f"?{call.query}" if call.query else "")
+        data: bytes | AsyncIterator[bytes] | None = call.stream_body if call.stream_body is not None else call.body
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.header_timeout):
+                response = await self.client.session.request(
+                    call.method, url, headers=call.headers, data=data, timeout=self._timeout, allow_redirects=False
+                )
+        except GatewayError:
+            self.breaker.release_probe()
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.breaker.failed()
+            raise map_client_error(exc, self.name) from None
+        metrics.UPSTREAM_LATENCY.labels(upstream=self.name).observe(time.perf_counter() - started)
+        has_body = response.content_length not in (None, 0) or response.headers.get("transfer-encoding") == "chunked"
+        if counts_as_failure(response.status, has_error_body=has_body):
+            self.breaker.failed()
+        else:
+            self.breaker.succeeded()
+        return response
+
+    async def relay(self, response: aiohttp.ClientResponse, send: Send, extra: Headers, request_id: str) -> None:
+        """Stream `response` to the client as it arrives."""
+        headers = [(name.lower(), value) for name, value in response.raw_headers if name.lower() in _RESPONSE_HEADERS]
+        if response.content_type == "text/event-stream":
+            headers += [(b"x-accel-buffering", b"no")]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers + extra})
+        try:
+            async for chunk in response.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = map_client_error(exc, self.name)
+            if response.content_type == "text/event-stream":
+                await send(
+                    {"type": "http.response.body", "body": sse_error_event(error, request_id), "more_body": True}
+                )
+        finally:
+            response.release()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def forwarded_headers(headers: Headers) -> dict[str, str]:
+    """The client's headers that may go upstream; credentials are added by the caller."""
+    return {name.decode(): value.decode("latin-1") for name, value in headers if name in _REQUEST_HEADERS}
+
+
+async def read_capped(receive: Receive, cap: int, declared: int | None) -> bytes:
+    if declared is not None and declared > cap:
+        raise BodyTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("The client went away before sending the whole body.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def stream_capped(receive: Receive, cap: int) -> AsyncIterator[bytes]:
+    """The request body as it arrives; past `cap` bytes the upload is cut (the caller answers 413)."""
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge()
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return

@@ -1,0 +1,387 @@
+"""`agent-gateway` (SPEC §7): users, token, usage; exit 0 or one line on stderr; keys only masked."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from click.testing import CliRunner, Result
+from pydantic import AliasChoices
+
+from agent_gateway.cli import main
+from agent_gateway.settings import Settings
+from agent_gateway.stores.database import Database
+from agent_gateway.stores.ledger import Ledger, LedgerEntry, Usage
+from agent_gateway.stores.profile_cache import INVALIDATION_CHANNEL
+from agent_gateway.tokens import derive_token
+
+KEY = "sk-alice-0123456789abcdef"
+OTHER_KEY = "sk-rotated-fedcba9876543210"
+SECRET = "cli-test-secret-3d9f"
+
+
+def _variables() -> set[str]:
+    names = set()
+    for name, field in Settings.model_fields.items():
+        names.add(name.upper())
+        if isinstance(field.validation_alias, AliasChoices):
+            names.update(str(choice) for choice in field.validation_alias.choices)
+    return names
+
+
+@pytest.fixture(autouse=True)
+def no_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # a developer's `.env` stays out of these tests
+
+
+class Cli:
+    """`agent-gateway` with exactly the environment given, nothing of the caller's shell."""
+
+    def __init__(self, **env: str) -> None:
+        self.env: dict[str, str | None] = {name: None for name in _variables()}
+        self.env.update(env)
+
+    def __call__(self, *args: str, **env: str) -> Result:
+        return CliRunner().invoke(main, list(args), env={**self.env, **env})
+
+    def ok(self, *args: str, **env: str) -> str:
+        result = self(*args, **env)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    def fails(self, *args: str, code: int | None = None, **env: str) -> str:
+        """The one stderr line of a failure."""
+        result = self(*args, **env)
+        assert result.exit_code != 0, result.output
+        if code is not None:
+            assert result.exit_code == code
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        assert result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        return lines[0]
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/gw.db"
+
+
+@pytest.fixture
+def cli(sqlite_url: str) -> Cli:
+    return Cli(DATABASE_URL=sqlite_url)
+
+
+def add_calls(database_url: str, *calls: tuple[str, datetime, Usage | None]) -> None:
+    """Ledger rows as the gateway writes them: admitted, then settled with `usage` (None: still in flight)."""
+
+    async def write() -> None:
+        database = Database(database_url)
+        try:
+            await database.start()
+            ledger = Ledger(database)
+            for user_id, admitted_at, usage in calls:
+                entry = LedgerEntry(user_id, "chat", "gpt-4o", None)
+                entry.admitted_at = admitted_at
+                entry.usage = Usage(prompt_tokens=100)
+                ledger.admit(entry)
+                if usage is not None:
+                    ledger.settle(entry, 200, usage)
+            await ledger.flush()
+        finally:
+            await database.close()
+
+    asyncio.run(write())
+
+
+def test_users_add_list_show_remove(cli: Cli) -> None:
+    assert cli.ok("users", "add", "alice", "--litellm-key", KEY) == "added alice\n"
+    assert cli.ok("users", "add", "bob", "--litellm-key", "sk-bob", "--allowed-models", "gpt-4o, claude,") == (
+        "added bob\n"
+    )
+
+    listing = cli.ok("users", "list").splitlines()
+    assert listing[0].split() == ["user", "litellm", "key", "allowed", "models", "monthly", "limit"]
+    assert listing[1].split() == ["alice", "sk-…cdef", "(all)", "(none)"]
+    assert listing[2].split() == ["bob", "****", "claude,gpt-4o", "(none)"]
+    assert len(listing) == 3
+
+    shown = cli.ok("users", "show", "alice").splitlines()
+    assert shown[:4] == [
+        "user:           alice",
+        "litellm key:    sk-…cdef",
+        "allowed models: (all)",
+        "monthly limit:  (none)",
+    ]
+    assert shown[4].startswith("created:        ")
+
+    assert cli.ok("users", "remove", "alice") == "removed alice\n"
+    assert cli.fails("users", "show", "alice") == "Error: no user alice"
+    assert cli.fails("users", "remove", "alice") == "Error: no user alice"
+    assert [line.split()[0] for line in cli.ok("users", "list").splitlines()] == ["user", "bob"]
+
+
+def test_users_list_when_empty(cli: Cli) -> None:
+    assert cli.ok("users", "list") == "user  litellm key  allowed models  monthly limit\n"
+
+
+def test_users_add_with_models_and_limit(cli: Cli) -> None:
+    cli.ok(
+        "users", "add", "alice", "--litellm-key", KEY, "--allowed-models", "gpt-4o-mini,gpt-4o", "--monthly-limit", "5"
+    )
+    shown = cli.ok("users", "show", "alice")
+    assert "allowed models: gpt-4o,gpt-4o-mini\n" in shown
+    assert "monthly limit:  5\n" in shown
+
+
+def test_users_add_twice_fails_with_one_line(cli: Cli) -> None:
+    cli.ok("users", "add", "alice", "--litellm-key", KEY)
+    assert cli.fails("users", "add", "alice", "--litellm-key", OTHER_KEY, code=1) == (
+        "Error: user alice exists; use `users set`"
+    )
+    assert "sk-…cdef" in cli.ok("users", "show", "alice")  # the first key stays
+
+
+@pytest.mark.parametrize("user_id", ["bad id", "a/b", "a" * 129, "ünicode", ""])
+def test_invalid_user_id_is_rejected(cli: Cli, user_id: str) -> None:
+    line = cli.fails("users", "add", user_id, "--litellm-key", KEY, code=2)
+    assert line == "Error: Invalid value for 'USER_ID': must match ^[A-Za-z0-9_-]{1,128}$"
+    for command in (["users", "show", user_id], ["users", "remove", user_id], ["token", user_id]):
+        assert "USER_ID" in cli.fails(*command, code=2)
+    assert "--user" in cli.fails("usage", "--user", user_id, code=2)
+
+
+def test_users_set(cli: Cli) -> None:
+    cli.ok("users", "add", "alice", "--litellm-key", KEY)
+
+    assert cli.ok("users", "set", "alice", "--allowed-models", "gpt-4o,claude", "--monthly-limit", "1000") == (
+        "updated alice\n"
+    )
+    shown = cli.ok("users", "show", "alice")
+    assert "allowed models: claude,gpt-4o\n" in shown
+    assert "monthly limit:  1000\n" in shown
+    assert "litellm key:    sk-…cdef\n" in shown
+
+    cli.ok("users", "set", "alice", "--litellm-key", OTHER_KEY)
+    shown = cli.ok("users", "show", "alice")
+    assert "litellm key:    sk-…3210\n" in shown
+    assert "allowed models: claude,gpt-4o\n" in shown  # untouched
+
+    cli.ok("users", "set", "alice", "--all-models", "--no-limit")
+    shown = cli.ok("users", "show", "alice")
+    assert "allowed models: (all)\n" in shown
+    assert "monthly limit:  (none)\n" in shown
+
+
+def test_users_set_of_unknown_user_fails(cli: Cli) -> None:
+    assert cli.fails("users", "set", "nobody", "--no-limit", code=1) == "Error: no user nobody"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "Error: nothing to change"),
+        (["--allowed-models", "a", "--all-models"], "Error: --allowed-models and --all-models exclude each other"),
+        (["--monthly-limit", "5", "--no-limit"], "Error: --monthly-limit and --no-limit exclude each other"),
+        (["--allowed-models", " , "], "Error: Invalid value for '--allowed-models': name at least one model, or use"),
+        (["--monthly-limit", "-1"], "Error: Invalid value for '--monthly-limit': -1 is not in the range x>=0."),
+        (
+            ["--monthly-limit", "lots"],
+            "Error: Invalid value for '--monthly-limit': 'lots' is not a valid integer range.",
+        ),
+    ],
+)
+def test_users_set_usage_errors(cli: Cli, args: list[str], message: str) -> None:
+    cli.ok("users", "add", "alice", "--litellm-key", KEY)
+    assert cli.fails("users", "set", "alice", *args, code=2).startswith(message)
+
+
+def test_full_key_never_appears_in_any_output(cli: Cli) -> None:
+    outputs = [
+        cli("users", "add", "alice", "--litellm-key", KEY),
+        cli("users", "add", "alice", "--litellm-key", KEY),
+        cli("users", "set", "alice", "--litellm-key", OTHER_KEY),
+        cli("users", "list"),
+        cli("users", "show", "alice"),
+        cli("users", "remove", "alice"),
+    ]
+    for result in outputs:
+        for key in (KEY, OTHER_KEY):
+            assert key not in result.output
+            assert key[3:-4] not in result.output
+
+
+def test_token_prints_the_derived_token_alone(cli: Cli) -> None:
+    result = cli("token", "alice", AGENT_SECRET_KEY=f"{SECRET},old-secret")
+    assert result.exit_code == 0
+    assert result.stdout == derive_token(SECRET.encode(), "alice") + "\n"
+    assert result.stderr == ""
+    assert SECRET not in result.output
+
+    aliased = cli("token", "alice", AGENT_SECRET_MASTER_KEY=SECRET)
+    assert aliased.stdout == result.stdout
+    assert cli.ok("token", "bob", AGENT_SECRET_KEY=SECRET) != result.stdout  # a token opens one user only
+
+
+def test_token_without_secret_fails(cli: Cli) -> None:
+    assert cli.fails("token", "alice", code=1) == "Error: AGENT_SECRET_KEY is not set"
+
+
+JANUARY = datetime(2024, 1, 15, 12, tzinfo=UTC)
+FEBRUARY = datetime(2024, 2, 1, tzinfo=UTC)
+
+
+def test_usage_table_and_json(cli: Cli, sqlite_url: str) -> None:
+    add_calls(
+        sqlite_url,
+        ("alice", JANUARY, Usage(100, 20, 0, 120)),
+        ("alice", JANUARY, Usage(50, 10, 5, 60)),
+        ("alice", JANUARY, None),  # in flight: its prompt estimate
+        ("bob", JANUARY, Usage(7, 3, 0, 10, estimated=True)),
+        ("bob", FEBRUARY, Usage(1, 1, 0, 2)),
+    )
+
+    table = cli.ok("usage", "--month", "2024-01").splitlines()
+    assert [line.split() for line in table] == [
+        ["user", "requests", "prompt", "completion", "total", "estimated"],
+        ["alice", "3", "250", "30", "280", "1"],
+        ["bob", "1", "7", "3", "10", "1"],
+    ]
+
+    rows = orjson.loads(cli.ok("usage", "--month", "2024-01", "--json"))
+    assert rows == [
+        {
+            "month": "2024-01",
+            "user_id": "alice",
+            "requests": 3,
+            "prompt_tokens": 250,
+            "completion_tokens": 30,
+            "total_tokens": 280,
+            "estimated_requests": 1,
+        },
+        {
+            "month": "2024-01",
+            "user_id": "bob",
+            "requests": 1,
+            "prompt_tokens": 7,
+            "completion_tokens": 3,
+            "total_tokens": 10,
+            "estimated_requests": 1,
+        },
+    ]
+    assert orjson.loads(cli.ok("usage", "--month", "2024-01", "--user", "bob", "--json")) == [rows[1]]
+    assert [line.split()[0] for line in cli.ok("usage", "--month", "2024-02").splitlines()] == ["user", "bob"]
+
+
+def test_usage_defaults_to_this_month(cli: Cli, sqlite_url: str) -> None:
+    now = datetime.now(UTC)
+    add_calls(sqlite_url, ("alice", now, Usage(1, 2, 0, 3)), ("alice", JANUARY, Usage(1, 1, 0, 2)))
+    rows = orjson.loads(cli.ok("usage", "--json"))
+    assert [(row["month"], row["total_tokens"]) for row in rows] == [(now.strftime("%Y-%m"), 3)]
+
+
+def test_usage_of_an_empty_month(cli: Cli) -> None:
+    assert cli.ok("usage", "--month", "1999-12", "--json") == "[]\n"
+    assert cli.ok("usage", "--month", "1999-12").split() == [
+        "user",
+        "requests",
+        "prompt",
+        "completion",
+        "total",
+        "estimated",
+    ]
+
+
+@pytest.mark.parametrize("month", ["2024-13", "2024-1", "24-01", "2024/01", "January", "2024-01-01", ""])
+def test_usage_month_must_be_yyyy_mm(cli: Cli, month: str) -> None:
+    assert cli.fails("usage", "--month", month, code=2) == "Error: Invalid value for --month: expected YYYY-MM"
+
+
+def test_version_and_help(cli: Cli) -> None:
+    assert "version 0.1.0" in cli.ok("--version")
+    assert "users" in cli.ok("--help")
+    assert "--litellm-key" in cli.ok("users", "add", "--help")
+
+
+def test_unknown_command_is_one_line(cli: Cli) -> None:
+    assert cli.fails("frobnicate", code=2) == "Error: No such command 'frobnicate'."
+
+
+def test_configuration_error_is_one_line(cli: Cli) -> None:
+    line = cli.fails("users", "list", RATE_LIMIT_AGENT="5/fortnight", AGENT_SECRET_KEY=SECRET, code=1)
+    assert line == "Error: configuration: RATE_LIMIT_AGENT: unknown unit 'fortnight'; use second, minute, hour or day"
+
+
+def test_unreachable_database_is_one_line() -> None:
+    cli = Cli(DATABASE_URL="postgresql://postgres:pw-not-shown@127.0.0.1:1/test")
+    line = cli.fails("users", "list", code=1)
+    assert line == "Error: database: ConnectionRefusedError: cannot reach DATABASE_URL"
+
+
+def test_missing_postgres_database_is_one_line(postgres_url: str) -> None:
+    missing = postgres_url.replace("/test?", "/no_such_database_x?")
+    assert "/no_such_database_x?" in missing
+    line = Cli(DATABASE_URL=missing).fails("users", "list", code=1)
+    assert line == 'Error: database: database "no_such_database_x" does not exist'
+
+
+def test_cli_on_postgresql(postgres_url: str) -> None:
+    cli = Cli(DATABASE_URL=postgres_url)
+    cli.ok("users", "add", "alice", "--litellm-key", KEY, "--allowed-models", "gpt-4o", "--monthly-limit", "10")
+    assert cli.fails("users", "add", "alice", "--litellm-key", KEY) == "Error: user alice exists; use `users set`"
+    cli.ok("users", "set", "alice", "--all-models", "--litellm-key", OTHER_KEY)
+    shown = cli.ok("users", "show", "alice")
+    assert "allowed models: (all)\n" in shown
+    assert "monthly limit:  10\n" in shown
+    assert "litellm key:    sk-…3210\n" in shown
+    assert OTHER_KEY not in cli("users", "list").output
+
+    add_calls(postgres_url, ("alice", JANUARY, Usage(100, 20, 0, 120)), ("alice", JANUARY, None))
+    rows = orjson.loads(cli.ok("usage", "--month", "2024-01", "--json"))
+    assert [(r["user_id"], r["requests"], r["total_tokens"], r["estimated_requests"]) for r in rows] == [
+        ("alice", 2, 220, 1)
+    ]
+
+    cli.ok("users", "remove", "alice")
+    assert cli.fails("users", "show", "alice") == "Error: no user alice"
+
+
+def test_changes_are_announced_on_redis(cli: Cli, redis_url: str) -> None:
+    user_id = f"u-{uuid.uuid4().hex[:12]}"
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe(INVALIDATION_CHANNEL)
+    try:
+        confirmed = pubsub.get_message(timeout=2.0)
+        assert confirmed is not None and confirmed["type"] == "subscribe"
+        cli.ok("users", "add", user_id, "--litellm-key", KEY, REDIS_URL=redis_url)
+        cli.ok("users", "set", user_id, "--no-limit", REDIS_URL=redis_url)
+        cli.ok("users", "remove", user_id, REDIS_URL=redis_url)
+        cli.fails("users", "remove", user_id, REDIS_URL=redis_url)  # nothing changed, nothing announced
+
+        announced = 0
+        deadline = time.monotonic() + 2
+        while announced < 3 and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.2)
+            if message is not None and message["data"] == user_id.encode():
+                announced += 1
+        assert announced == 3
+        extra = pubsub.get_message(timeout=0.1)
+        assert extra is None or extra["data"] != user_id.encode()
+    finally:
+        pubsub.close()
+        client.close()
+
+
+def test_unreachable_redis_warns_but_the_change_is_made(cli: Cli) -> None:
+    result = cli("users", "add", "alice", "--litellm-key", KEY, REDIS_URL="redis://127.0.0.1:1/0")
+    assert result.exit_code == 0
+    assert result.stdout == "added alice\n"
+    assert result.stderr == "warning: could not reach REDIS_URL; gateways see the change within 60 s\n"
+    assert "sk-…cdef" in cli.ok("users", "show", "alice")

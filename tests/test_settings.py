@@ -1,0 +1,285 @@
+"""Configuration from the environment (SPEC §3): defaults, aliases, rates, and one line per mistake."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from pydantic import AliasChoices
+
+from agent_gateway.cli import main
+from agent_gateway.settings import ConfigError, Rate, Settings, load_settings
+
+SECRET = "s3cr3t-do-not-print-9b1e"
+
+
+def _variables() -> set[str]:
+    names = set()
+    for name, field in Settings.model_fields.items():
+        names.add(name.upper())
+        if isinstance(field.validation_alias, AliasChoices):
+            names.update(str(choice) for choice in field.validation_alias.choices)
+    return names
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No variable of the caller's shell and no `.env` reaches these tests."""
+    for name in _variables():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def config_error(**env: str) -> str:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        with pytest.raises(ConfigError) as caught:
+            load_settings()
+    return str(caught.value)
+
+
+def test_defaults() -> None:
+    settings = load_settings()
+    assert settings.agent_secrets == ()
+    assert settings.agent_tokens_only is False
+    assert settings.litellm_base_url == "http://127.0.0.1:4000"
+    assert settings.database_url == "sqlite:///./var/gateway.db"
+    assert settings.redis_url is None
+    assert settings.allowed_origins == ()
+    assert settings.rate_limit_general == Rate(1000, 60.0, "1000/minute")
+    assert settings.rate_limit_agent == Rate(100, 60.0, "100/minute")
+    assert settings.rate_limit_agent_tokens is None
+    assert settings.limits_fail_mode == "open"
+    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
+    assert settings.is_production is False
+
+
+def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LITELLM_BASE_URL", "https://litellm.example.com:4000/")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://gw:pw@db.example.com:5432/gw")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/2")
+    monkeypatch.setenv("WORKERS", "4")
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://a.example.com, https://b.example.com,")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("AGENT_TOKENS_ONLY", "true")
+    settings = load_settings()
+    assert settings.litellm_base_url == "https://litellm.example.com:4000"  # trailing slash dropped
+    assert settings.database_url == "postgresql://gw:pw@db.example.com:5432/gw"
+    assert settings.workers == 4
+    assert settings.allowed_origins == ("https://a.example.com", "https://b.example.com")
+    assert settings.log_level == "DEBUG"
+    assert settings.agent_tokens_only is True
+
+
+def test_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "9000")
+    settings = load_settings(port=9100, agent_secret_key="one,two")
+    assert settings.port == 9100
+    assert settings.agent_secrets == (b"one", b"two")
+
+
+def test_dotenv_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PORT=8123\nAGENT_SECRET_KEY=from-dotenv\n")
+    settings = load_settings()
+    assert settings.port == 8123
+    assert settings.agent_secrets == (b"from-dotenv",)
+
+
+def test_comma_separated_secrets_are_all_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_SECRET_KEY", " new-secret , old-secret ,")
+    assert load_settings().agent_secrets == (b"new-secret", b"old-secret")
+
+
+@pytest.mark.parametrize(
+    ("variable", "field"),
+    [
+        ("AGENT_SECRET_MASTER_KEY", "agent_secret_key"),
+        ("SUPABASE_SERVICE_KEY", "supabase_service_role_key"),
+    ],
+)
+def test_aliases(monkeypatch: pytest.MonkeyPatch, variable: str, field: str) -> None:
+    monkeypatch.setenv(variable, "aliased-value")
+    settings = load_settings()
+    if field == "agent_secret_key":
+        assert settings.agent_secrets == (b"aliased-value",)
+    else:
+        assert settings.supabase_service_role_key is not None
+        assert settings.supabase_service_role_key.get_secret_value() == "aliased-value"
+
+
+def test_secrets_are_hidden_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_SECRET_KEY", SECRET)
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", SECRET + "-supabase")
+    settings = load_settings()
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "period", "canonical"),
+    [
+        ("100/minute", 100, 60.0, "100/minute"),
+        ("100", 100, 60.0, "100/minute"),
+        ("5/second", 5, 1.0, "5/second"),
+        ("7/hour", 7, 3600.0, "7/hour"),
+        ("3/day", 3, 86400.0, "3/day"),
+        (" 20 / Minutes ", 20, 60.0, "20/minute"),
+    ],
+)
+def test_rate_parsing(text: str, limit: int, period: float, canonical: str) -> None:
+    rate = Rate.parse(text)
+    assert (rate.limit, rate.period, rate.text) == (limit, period, canonical)
+    assert rate.window == int(period)
+
+
+@pytest.mark.parametrize("text", ["5/fortnight", "5/s", "minute", "-1/minute", "0/minute", "1.5/minute", ""])
+def test_bad_rates(text: str) -> None:
+    with pytest.raises(ValueError):
+        Rate.parse(text)
+
+
+def test_rates_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RATE_LIMIT_AGENT", "5/second")
+    monkeypatch.setenv("RATE_LIMIT_GENERAL", "200")
+    monkeypatch.setenv("RATE_LIMIT_AGENT_TOKENS", "100000/hour")
+    settings = load_settings()
+    assert settings.rate_limit_agent == Rate(5, 1.0, "5/second")
+    assert settings.rate_limit_general == Rate(200, 60.0, "200/minute")
+    assert settings.rate_limit_agent_tokens == Rate(100000, 3600.0, "100000/hour")
+
+
+def test_empty_token_rate_means_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RATE_LIMIT_AGENT_TOKENS", "")
+    assert load_settings().rate_limit_agent_tokens is None
+
+
+def test_production_with_secret_and_origins_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "Production")
+    monkeypatch.setenv("AGENT_SECRET_KEY", SECRET)
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://app.example.com")
+    settings = load_settings()
+    assert settings.is_production
+
+
+def test_workers_with_redis_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKERS", "2")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    assert load_settings().workers == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"LITELLM_BASE_URL": "not a url"}, "LITELLM_BASE_URL"),
+        ({"LITELLM_BASE_URL": "ftp://litellm:4000"}, "LITELLM_BASE_URL"),
+        ({"LITELLM_BASE_URL": "http://"}, "LITELLM_BASE_URL"),
+        ({"LITELLM_BASE_URL": "http://litellm:port"}, "LITELLM_BASE_URL"),
+        ({"LITELLM_BASE_URL": ""}, "LITELLM_BASE_URL"),
+        ({"LETTA_BASE_URL": "letta:8283"}, "LETTA_BASE_URL"),
+        ({"DATABASE_URL": "mysql://db/gateway"}, "DATABASE_URL"),
+        ({"DATABASE_URL": ""}, "DATABASE_URL"),
+        ({"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL"),
+        ({"RATE_LIMIT_AGENT": "5/fortnight"}, "RATE_LIMIT_AGENT"),
+        ({"RATE_LIMIT_AGENT": ""}, "RATE_LIMIT_AGENT"),
+        ({"RATE_LIMIT_GENERAL": "lots"}, "RATE_LIMIT_GENERAL"),
+        ({"ENVIRONMENT": "production"}, "AGENT_SECRET_KEY"),
+        ({"ENVIRONMENT": "production", "AGENT_SECRET_KEY": SECRET, "ALLOWED_ORIGINS": "*"}, "ALLOWED_ORIGINS"),
+        ({"WORKERS": "2"}, "WORKERS"),
+        ({"WORKERS": "0"}, "WORKERS"),
+        ({"PORT": "eighty"}, "PORT"),
+        ({"LIMITS_FAIL_MODE": "sometimes"}, "LIMITS_FAIL_MODE"),
+        ({"LETTA_OWNERSHIP": "owner"}, "LETTA_OWNERSHIP"),
+    ],
+)
+def test_misconfiguration_is_one_line_naming_the_variable(env: dict[str, str], variable: str) -> None:
+    message = config_error(**env)
+    assert "\n" not in message
+    assert message.startswith(f"{variable}: ")
+
+
+def test_unknown_unit_is_explained() -> None:
+    message = config_error(RATE_LIMIT_AGENT="5/fortnight")
+    assert message == "RATE_LIMIT_AGENT: unknown unit 'fortnight'; use second, minute, hour or day"
+
+
+def test_every_mistake_gets_its_own_line() -> None:
+    message = config_error(
+        LITELLM_BASE_URL="litellm:4000", DATABASE_URL="oracle://db", RATE_LIMIT_AGENT="5/fortnight", PORT="x"
+    )
+    lines = message.splitlines()
+    assert sorted(line.split(":", 1)[0] for line in lines) == [
+        "DATABASE_URL",
+        "LITELLM_BASE_URL",
+        "PORT",
+        "RATE_LIMIT_AGENT",
+    ]
+
+
+def test_every_inconsistency_gets_its_own_line() -> None:
+    message = config_error(ENVIRONMENT="production", ALLOWED_ORIGINS="*", WORKERS="3")
+    variables = [line.split(":", 1)[0] for line in message.splitlines()]
+    assert variables == ["AGENT_SECRET_KEY", "ALLOWED_ORIGINS", "WORKERS"]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AGENT_SECRET_KEY": SECRET, "LITELLM_BASE_URL": "bad url", "RATE_LIMIT_AGENT": "5/fortnight"},
+        {"AGENT_SECRET_KEY": SECRET, "ENVIRONMENT": "production", "ALLOWED_ORIGINS": "*", "WORKERS": "2"},
+        {"AGENT_SECRET_MASTER_KEY": SECRET, "PORT": "nope"},
+        {"DATABASE_URL": f"mysql://gw:{SECRET}@db/gateway"},
+        {"REDIS_URL": f"redis://:{SECRET}@", "WORKERS": "2"},
+        {"LITELLM_BASE_URL": f"http://user:{SECRET}@"},
+        {"PORT": SECRET},
+        {"MAX_BODY_BYTES": SECRET},
+    ],
+)
+def test_values_never_appear_in_errors(env: dict[str, str]) -> None:
+    message = config_error(**env)
+    assert SECRET not in message
+    assert "s3cr3t" not in message
+
+
+def _serve(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in _variables()}
+    return subprocess.run(
+        [sys.executable, "-m", "agent_gateway", "serve"],
+        env={**clean, "DATABASE_URL": f"sqlite:///{cwd}/gw.db", "PORT": "1", **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def test_serve_stops_with_one_clear_line(tmp_path: Path) -> None:
+    result = _serve({"AGENT_SECRET_KEY": SECRET, "LITELLM_BASE_URL": "litellm:4000"}, tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.splitlines() == ["Error: configuration: LITELLM_BASE_URL: expected a http/https URL"]
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+    assert not (tmp_path / "gw.db").exists()  # nothing was started
+
+
+def test_serve_names_every_mistake_on_its_own_line(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/gw.db", "AGENT_SECRET_KEY": SECRET}
+    result = CliRunner().invoke(main, ["serve"], env={**env, "RATE_LIMIT_AGENT": "5/fortnight", "PORT": "x"})
+    assert result.exit_code != 0
+    assert sorted(result.stderr.splitlines()) == [
+        "Error: configuration: PORT: Input should be a valid integer, unable to parse string as an integer",
+        "Error: configuration: RATE_LIMIT_AGENT: unknown unit 'fortnight'; use second, minute, hour or day",
+    ]
+    production = {"ENVIRONMENT": "production", "ALLOWED_ORIGINS": "*", "WORKERS": "2"}
+    result = CliRunner().invoke(main, ["serve"], env=production)
+    assert result.exit_code != 0
+    assert result.stderr.splitlines() == [
+        "Error: configuration: AGENT_SECRET_KEY: required when ENVIRONMENT=production",
+        "Error: configuration: ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production",
+        "Error: configuration: WORKERS: more than 1 needs REDIS_URL, else every limit is multiplied by the workers",
+    ]
+    assert SECRET not in result.output
