@@ -364,3 +364,21 @@ def test_profiles_from_postgrest_serve_the_agent_route(gateway_factory: Any, lit
         assert denied.status_code == 403 and denied.json()["error"]["code"] == "user_not_found"
     finally:
         postgrest.stop()
+
+
+def test_ams_ownership_mode_uses_the_agents_ams_lists(gateway_factory: Any, letta: FakeLetta, ams: FakeAMS) -> None:
+    gw = gateway_factory(
+        SUPABASE_JWT_SECRET=JWT_SECRET,
+        LETTA_BASE_URL=letta.url,
+        LETTA_API_KEY=LETTA_KEY,
+        AMS_BASE_URL=ams.url,
+        LETTA_OWNERSHIP="ams",
+    )
+    alice = new_user()
+    listed, unlisted = letta.add_agent(None), letta.add_agent(None)  # no owner tags: AMS decides
+    ams.agents_of[alice] = [listed]
+    agents = httpx.get(f"{gw.url}/api/v1/letta/agents", headers=auth(alice)).json()
+    assert [agent["id"] for agent in agents] == [listed]
+    assert httpx.get(f"{gw.url}/api/v1/letta/agents/{listed}", headers=auth(alice)).status_code == 200
+    assert httpx.get(f"{gw.url}/api/v1/letta/agents/{unlisted}", headers=auth(alice)).status_code == 403
+    assert ams.requests[-1].headers["Authorization"].startswith("Bearer ey")

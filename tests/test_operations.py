@@ -43,6 +43,14 @@ def test_docs_describe_the_agent_routes(gateway: GatewayProcess) -> None:
     paths = schema["paths"]
     for path in ("", "/chat/completions", "/responses", "/embeddings", "/models"):
         assert f"/api/v1/agents/{{user_id}}/messages{path}" in paths
+    for path in (
+        "/api/v1/llm/chat/completions",
+        "/api/v1/llm/models",
+        "/api/v1/me",
+        "/api/v1/letta/{path}",
+        "/api/v1/ams/{path}",
+    ):
+        assert path in paths
     assert "/health" in paths and "/api/v1/admin/usage" in paths
     assert httpx.get(f"{gateway.url}/docs").status_code == 200
     assert httpx.get(f"{gateway.url}/redoc").status_code == 200

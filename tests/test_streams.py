@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 
 from tests.conftest import SECRET, GatewayProcess, add_profile, free_port, new_user, run, wait_for_rows
 from tests.fakes.litellm import FakeLiteLLM
@@ -85,7 +86,7 @@ def test_unreachable_upstream_is_a_502_and_bills_nothing(gateway_factory: Any) -
     gw = gateway_factory(LITELLM_BASE_URL=f"http://127.0.0.1:{free_port()}")
     user_id = new_user()
     run(add_profile(gw.database_url, user_id))
-    with __import__("pytest").raises(openai.InternalServerError) as caught:
+    with pytest.raises(openai.InternalServerError) as caught:
         gw.client(user_id).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert caught.value.status_code == 502
     assert caught.value.response.json()["error"]["type"] == "upstream_error"
@@ -135,3 +136,25 @@ def test_streams_past_the_grace_end_with_an_error_event_and_are_settled(
     assert b'"service_unavailable"' in rest
     row = run(wait_for_rows(gw.database_url, user_id, 1))[0]
     assert (row["state"], row["estimated"]) == ("settled", True)
+
+
+def test_a_failing_model_opens_its_own_breaker_only(gateway_factory: Any) -> None:
+    gw = gateway_factory(LLM_TIMEOUT="0.5", BREAKER_THRESHOLD="2", BREAKER_COOLDOWN_SECONDS="60")
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    client = gw.client(user_id)
+    for _ in range(2):
+        with pytest.raises(openai.APIStatusError) as timed_out:
+            client.chat.completions.create(model="hang", messages=MESSAGES)
+        assert timed_out.value.status_code == 504
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="hang", messages=MESSAGES)
+    assert refused.value.status_code == 503 and time.monotonic() - started < 0.4
+    assert refused.value.response.json()["error"]["code"] == "circuit_open"
+    assert int(refused.value.response.headers["retry-after"]) > 0
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).usage  # other models go on
+    rows = run(wait_for_rows(gw.database_url, user_id, 3))
+    assert len(rows) == 3  # the refused call was never admitted: no row, no reservation
+    health = httpx.get(f"{gw.url}/health").json()
+    assert health["checks"]["litellm"]["breakers"]["hang"] == "open"

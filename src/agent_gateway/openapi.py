@@ -1,4 +1,4 @@
-"""OpenAPI descriptions of the agent routes, which the relay serves outside FastAPI."""
+"""OpenAPI descriptions of the routes served outside FastAPI: the agent and frontend routes."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ _ERRORS = {
 }
 
 
-def _operation(summary: str, description: str, body: bool) -> dict[str, Any]:
+def _operation(
+    summary: str, description: str, body: bool, *, tag: str = "agents", security: str = "agentSecret", user: bool = True
+) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": {
             "description": "LiteLLM's answer; `text/event-stream` when `stream: true`.",
@@ -47,11 +49,11 @@ def _operation(summary: str, description: str, body: bool) -> dict[str, Any]:
     for status, text in _ERRORS.items():
         responses[status] = {"description": text, "content": {"application/json": {"schema": _ERROR}}}
     operation: dict[str, Any] = {
-        "tags": ["agents"],
+        "tags": [tag],
         "summary": summary,
         "description": description,
-        "parameters": [_USER],
-        "security": [{"agentSecret": []}],
+        "parameters": [_USER] if user else [],
+        "security": [{security: []}],
         "responses": responses,
     }
     if body:
@@ -60,6 +62,29 @@ def _operation(summary: str, description: str, body: bool) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"type": "object", "required": ["model"]}}},
         }
     return operation
+
+
+def _frontend_paths() -> dict[str, Any]:
+    def op(summary: str, description: str, body: bool = False, tag: str = "frontend") -> dict[str, Any]:
+        return _operation(summary, description, body, tag=tag, security="supabaseToken", user=False)
+
+    llm = "The agent pipeline for the signed-in user (`sub`): body, profile, allowed models, limits."
+    path = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+    letta = op(
+        "Letta pass-through", "Letta `/v1/{path}`, allow-listed, only the user's own agents/sources.", tag="letta"
+    )
+    ams = op("AMS pass-through", "AMS `/{path}` with the user's token and `X-User-ID`.", tag="ams")
+    for operation in (letta, ams):
+        operation["parameters"] = [path]
+    return {
+        "/api/v1/llm/chat/completions": {"post": op("Chat completion", llm, True)},
+        "/api/v1/llm/responses": {"post": op("Responses API", llm, True)},
+        "/api/v1/llm/embeddings": {"post": op("Embeddings", llm, True)},
+        "/api/v1/llm/models": {"get": op("Models", "The user's allowed models (cached briefly).")},
+        "/api/v1/me": {"get": op("The user", "AMS `/me`, or the gateway's view: allowed models, limit, usage.")},
+        "/api/v1/letta/{path}": {method: letta for method in ("get", "post", "patch", "delete")},
+        "/api/v1/ams/{path}": {method: ams for method in ("get", "post", "put", "patch", "delete")},
+    }
 
 
 def add_agent_routes(app: FastAPI) -> None:
@@ -78,9 +103,10 @@ def add_agent_routes(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            schema["paths"] = {**paths, **schema["paths"]}
+            schema["paths"] = {**paths, **_frontend_paths(), **schema["paths"]}
             schema.setdefault("components", {})["securitySchemes"] = {
                 "agentSecret": {"type": "http", "scheme": "bearer", "description": "AGENT_SECRET_KEY or agt1. token"},
+                "supabaseToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
             }
             app.openapi_schema = schema
         return app.openapi_schema
