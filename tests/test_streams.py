@@ -158,3 +158,23 @@ def test_a_failing_model_opens_its_own_breaker_only(gateway_factory: Any) -> Non
     assert len(rows) == 3  # the refused call was never admitted: no row, no reservation
     health = httpx.get(f"{gw.url}/health").json()
     assert health["checks"]["litellm"]["breakers"]["hang"] == "open"
+
+
+def test_requests_over_the_in_flight_cap_get_503_overloaded(gateway_factory: Any, litellm: FakeLiteLLM) -> None:
+    litellm.reset()
+    gw = gateway_factory(MAX_CONCURRENT_REQUESTS="1")
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    response = _stream(gw, user_id, "stall")
+    chunks = response.iter_bytes()
+    assert b"Hel" in next(chunks)  # one stream in flight fills the cap
+    overloaded = httpx.post(
+        f"{gw.agent_base(user_id)}/chat/completions",
+        headers={"Authorization": f"Bearer {SECRET}"},
+        json={"model": "gpt-4o-mini", "messages": MESSAGES},
+    )
+    assert overloaded.status_code == 503
+    assert overloaded.json()["error"]["code"] == "overloaded" and overloaded.headers["retry-after"] == "1"
+    assert httpx.get(f"{gw.url}/ping").status_code == 200  # probes are never refused
+    litellm.release()
+    b"".join(chunks)

@@ -48,6 +48,7 @@ from agent_gateway.upstream import UpstreamClient
 access_log = logging.getLogger("agent_gateway.access")
 log = logging.getLogger("agent_gateway")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_ALWAYS_SERVED = frozenset({"/ping", "/health", "/metrics"})
 REDIS_TIMEOUT = 0.25  # seconds; a limit check waits no longer than this before its fail mode applies
 
 
@@ -175,7 +176,8 @@ class Gateway:
 
         route = "unmatched"
         ctx: RequestContext | None = None
-        if self.in_flight >= self.settings.max_concurrent_requests:
+        # Probes and metrics are never refused: an overloaded gateway must not look dead.
+        if self.in_flight >= self.settings.max_concurrent_requests and scope["path"] not in _ALWAYS_SERVED:
             await send_error(send_with_id, Overloaded(), request_id)
             self._record(route, status, started, request_id, None)
             return
