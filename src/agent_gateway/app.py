@@ -26,7 +26,7 @@ from agent_gateway.auth.jwt import JWTVerifier
 from agent_gateway.breaker import Breakers
 from agent_gateway.cache import ResponseCache
 from agent_gateway.context import RequestContext
-from agent_gateway.errors import MethodNotAllowed, NotFound, Overloaded, ServerError
+from agent_gateway.errors import MethodNotAllowed, NotFound, Overloaded, ServerError, UpstreamError
 from agent_gateway.frontend import FrontendRoutes, is_frontend_path
 from agent_gateway.letta import LettaGuard
 from agent_gateway.limits.budget import Budgets, MemoryBudgets, RedisBudgets
@@ -100,13 +100,19 @@ class Gateway:
         if settings.ams_base_url:
             self.ams = UpstreamClient("ams", settings.ams_base_url)
         self.upstreams += [client for client in (self.supabase, self.letta, self.ams) if client is not None]
-        ams_proxy = ServiceProxy(self.ams, "", self.breakers.get("ams"), settings.request_timeout) if self.ams else None
+        streams, idle = self.relay.streams, settings.stream_idle_timeout
+        ams_proxy = (
+            ServiceProxy(self.ams, "", self.breakers.get("ams"), settings.request_timeout, idle, streams)
+            if self.ams
+            else None
+        )
         letta = None
         if self.letta is not None:
             api_key = settings.letta_api_key.get_secret_value() if settings.letta_api_key else None
             agent_ids = self._ams_agent_ids if settings.letta_ownership == "ams" and ams_proxy else None
             guard = LettaGuard(self.letta, api_key, settings.public_base_url, agent_ids)
-            letta = (ServiceProxy(self.letta, "/v1", self.breakers.get("letta"), settings.request_timeout), guard)
+            proxy = ServiceProxy(self.letta, "/v1", self.breakers.get("letta"), settings.request_timeout, idle, streams)
+            letta = (proxy, guard)
         self.ams_proxy = ams_proxy
         self.cache = ResponseCache(self.redis)
         routes = FrontendRoutes(
@@ -147,9 +153,11 @@ class Gateway:
         call = UpstreamCall("GET", ["me"], "", headers)
         response = await self.ams_proxy.open(call)
         async with response:
-            me = await response.json(content_type=None) if response.status == 200 else {}
-        agents = me.get("agents") or me.get("agent_ids") or [] if isinstance(me, dict) else []
-        ids = {a["id"] if isinstance(a, dict) else str(a) for a in agents}
+            me = await response.json(content_type=None) if response.status == 200 else None
+        if not isinstance(me, dict):  # not cached: an AMS hiccup must not lock users out
+            raise UpstreamError("AMS could not say which agents are yours.")
+        agents = me.get("agents") or me.get("agent_ids") or []
+        ids = {str(a.get("id")) if isinstance(a, dict) else str(a) for a in agents if a}
         await self.cache.put(user_id, "ams-agents", (b"application/json", orjson.dumps(sorted(ids))), 10.0)
         return ids
 

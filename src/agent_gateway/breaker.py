@@ -17,6 +17,7 @@ from agent_gateway import metrics
 from agent_gateway.errors import CircuitOpen
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+MAX_BREAKERS = 256
 
 
 @dataclass
@@ -80,6 +81,9 @@ class Breakers:
     def get(self, name: str) -> CircuitBreaker:
         breaker = self._breakers.get(name)
         if breaker is None:
+            if len(self._breakers) >= MAX_BREAKERS:  # model names come from clients: bound them
+                name = name.split(":", 1)[0] + ":(other)"
+                return self._breakers.setdefault(name, CircuitBreaker(name, self.threshold, self.cool_down))
             breaker = self._breakers[name] = CircuitBreaker(name, self.threshold, self.cool_down)
         return breaker
 

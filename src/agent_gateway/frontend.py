@@ -18,15 +18,15 @@ import orjson
 from agent_gateway.asgi import send_bytes, send_error, send_json
 from agent_gateway.cache import ResponseCache
 from agent_gateway.context import RequestContext
-from agent_gateway.errors import BodyTooLarge, GatewayError, MethodNotAllowed, NotFound
+from agent_gateway.errors import BadRequest, BodyTooLarge, GatewayError, MethodNotAllowed, NotFound, UpstreamError
 from agent_gateway.letta import LettaGuard, Verdict
 from agent_gateway.passthrough import (
+    CappedUpload,
     ServiceProxy,
     UpstreamCall,
     forwarded_headers,
     read_capped,
     split_path,
-    stream_capped,
 )
 from agent_gateway.policies import Policy, run_policies
 from agent_gateway.relay import AgentRelay, AgentRoute
@@ -170,11 +170,16 @@ class FrontendRoutes:
         headers["X-Request-ID"] = ctx.request_id
         call = UpstreamCall(scope["method"], segments, scope.get("query_string", b"").decode("latin-1"), headers)
         declared = ctx.header(b"content-length")
-        content_type = (ctx.header(b"content-type") or b"").lower()
-        if content_type.startswith(b"multipart/"):
+        content_types = [value.lower() for name, value in ctx.headers if name == b"content-type"]
+        if len(content_types) > 1:  # what we inspect must be what the upstream reads
+            raise BadRequest("Send one Content-Type header.")
+        content_type = content_types[0] if content_types else b""
+        # Only uploads stream through uninspected; every other Letta body is JSON the guard reads.
+        is_upload = service == "ams" or (bool(segments) and segments[-1] == "upload")
+        if content_type.startswith(b"multipart/") and is_upload:
             if declared is not None and declared.isdigit() and int(declared) > self.max_upload_bytes:
                 raise BodyTooLarge()
-            call.stream_body = stream_capped(ctx.receive, self.max_upload_bytes)
+            call.stream_body = CappedUpload(ctx.receive, self.max_upload_bytes)
         elif call.method in ("POST", "PUT", "PATCH"):
             size = int(declared) if declared is not None and declared.isdigit() else None
             call.body = await read_capped(ctx.receive, self.max_body_bytes, size)
@@ -186,10 +191,14 @@ class FrontendRoutes:
             self._as_user(ctx, call.headers)
         response = await proxy.open(call)
         if verdict.edit is not None and response.status < 300 and response.content_type == "application/json":
-            answer = orjson.loads(await _read(response, proxy.name))
+            content = await _read(response, proxy.name)
+            try:
+                answer = orjson.loads(content)
+            except orjson.JSONDecodeError:
+                raise UpstreamError(f"{proxy.name} sent a malformed answer.") from None
             await send_json(send, response.status, verdict.edit(answer), ctx.response_headers)
             return
-        await proxy.relay(response, send, ctx.response_headers, ctx.request_id)
+        await proxy.relay(response, send, ctx.response_headers, ctx.request_id, ctx.receive)
 
 
 async def _read(response: aiohttp.ClientResponse, name: str) -> bytes:

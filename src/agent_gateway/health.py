@@ -15,7 +15,20 @@ if TYPE_CHECKING:
 CHECK_TIMEOUT = 2.0
 
 
+_CACHE_SECONDS = 1.0  # /health is open to anyone: at most one round of checks a second
+_last: tuple[float, dict[str, Any]] | None = None
+
+
 async def check_health(gateway: Gateway) -> dict[str, Any]:
+    global _last
+    if _last is not None and time.monotonic() - _last[0] < _CACHE_SECONDS and not gateway.draining:
+        return _last[1]
+    report = await _check(gateway)
+    _last = (time.monotonic(), report)
+    return report
+
+
+async def _check(gateway: Gateway) -> dict[str, Any]:
     settings = gateway.settings
     checks: dict[str, Callable[[], Awaitable[None]] | None] = {
         "database": gateway.database.ping,

@@ -8,6 +8,7 @@ user's own. Agents always talk to LLMs through this gateway, billed to their own
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -58,9 +59,21 @@ for _kind in ("sources", "folders"):
         ((_kind, _ANY, "files"), frozenset({"GET"}), "source"),
     ]
 
-# Body fields naming other objects, and how each is proven the user's own.
-_ID_FIELDS = {"agent_id": "agent", "source_ids": "source", "folder_ids": "folder"}
-_UNPROVABLE = ("block_ids", "tool_ids", "identity_ids", "tool_exec_environment_variables")
+# Body fields naming other objects, and how each is proven the user's own. Any other field
+# named `*_id` or `*_ids` (blocks, tools, identities, messages, files, groups, templates…) cannot
+# be proven and is refused.
+_ID_FIELDS = {
+    "agent_id": "agent",
+    "agent_ids": "agent",
+    "source_id": "source",
+    "source_ids": "source",
+    "folder_id": "folder",
+    "folder_ids": "folder",
+    "run_ids": "run",
+}
+_REFUSED_FIELDS = ("tool_exec_environment_variables", "secrets")
+_OBJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+_MAX_CACHED = 50_000
 
 ResponseEdit = Callable[[Any], Any]
 AgentIdsOf = Callable[[str, str | None], Awaitable[set[str]]]  # (user, their token) -> AMS's agent ids
@@ -114,7 +127,8 @@ class LettaGuard:
             if kind == "agent_create":
                 edit = self._remember_owner(user_id, "agent")
         elif kind == "source_create" and body is not None:
-            body["metadata"] = {**(body.get("metadata") or {}), "owner": user_id}
+            metadata = body.get("metadata")
+            body["metadata"] = {**(metadata if isinstance(metadata, dict) else {}), "owner": user_id}
             edit = self._remember_owner(user_id, call.segments[0].rstrip("s"))
         elif kind == "source_list":
             edit = _only_owned(user_id)
@@ -135,13 +149,19 @@ class LettaGuard:
         return body if isinstance(body, dict) else None
 
     async def _check_body_ids(self, user_id: str, body: dict[str, Any], token: str | None) -> None:
-        for name in _UNPROVABLE:
-            if body.get(name):
+        for name, value in body.items():
+            if name in _REFUSED_FIELDS and value:
                 raise Forbidden(f"`{name}` cannot be set through the gateway.", param=name)
-        for name, kind in _ID_FIELDS.items():
-            value = body.get(name)
-            for object_id in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
-                await self._require(kind, str(object_id), user_id, token)
+            if not name.endswith(("_id", "_ids")) or value in (None, [], ""):
+                continue
+            kind = _ID_FIELDS.get(name)
+            if kind is None:
+                raise Forbidden(f"`{name}` cannot be proven yours, so it cannot be set here.", param=name)
+            for object_id in value if isinstance(value, list) else [value]:
+                if kind == "run":
+                    await self._require("agent", await self._agent_of("run", str(object_id)), user_id, token)
+                else:
+                    await self._require(kind, str(object_id), user_id, token)
 
     def _own_agent_body(self, user_id: str, body: dict[str, Any] | None, creating: bool) -> None:
         if body is None:
@@ -151,22 +171,32 @@ class LettaGuard:
         if "tags" in body or creating:
             tags = [tag for tag in body.get("tags") or [] if not str(tag).startswith(OWNER_TAG)]
             body["tags"] = [*tags, OWNER_TAG + user_id]
+        # A bare model handle would let Letta call a provider with its own key, unbilled; every
+        # model and embedding config instead points, as OpenAI-compatible, at this gateway.
         endpoint = f"{self.public_base_url}/api/v1/agents/{user_id}/messages"
-        llm_config = body.get("llm_config")
-        if isinstance(llm_config, dict):
-            llm_config["model_endpoint"] = endpoint
-        elif creating and isinstance(body.get("model"), str):
-            # A bare model handle would let Letta call a provider with its own key, unbilled;
-            # the agent gets an explicit OpenAI-compatible config pointing here instead.
+        if isinstance(body.get("model"), str):
+            given = body.get("llm_config")
             body["llm_config"] = {
+                **(given if isinstance(given, dict) else {}),
                 "model": body.pop("model").split("/", 1)[-1],
-                "model_endpoint_type": "openai",
-                "model_endpoint": endpoint,
                 "context_window": body.get("context_window_limit") or 128000,
             }
-        embedding = body.get("embedding_config")
-        if isinstance(embedding, dict):
-            embedding["embedding_endpoint"] = endpoint
+        if isinstance(body.get("embedding"), str):
+            given = body.get("embedding_config")
+            body["embedding_config"] = {
+                **(given if isinstance(given, dict) else {}),
+                "embedding_model": body.pop("embedding").split("/", 1)[-1],
+                "embedding_dim": body.get("embedding_dim") or 1536,
+                "embedding_chunk_size": body.get("embedding_chunk_size") or 300,
+            }
+        if "llm_config" in body:
+            if not isinstance(body["llm_config"], dict):
+                raise BadRequest("`llm_config` must be an object.", param="llm_config")
+            body["llm_config"].update(model_endpoint_type="openai", model_endpoint=endpoint)
+        if "embedding_config" in body:
+            if not isinstance(body["embedding_config"], dict):
+                raise BadRequest("`embedding_config` must be an object.", param="embedding_config")
+            body["embedding_config"].update(embedding_endpoint_type="openai", embedding_endpoint=endpoint)
 
     def _owner_query(self, user_id: str, query: str) -> str:
         kept = [
@@ -179,17 +209,32 @@ class LettaGuard:
     def _remember_owner(self, user_id: str, kind: str) -> ResponseEdit:
         def edit(answer: Any) -> Any:
             if isinstance(answer, dict) and isinstance(answer.get("id"), str):
-                self._owners[(kind, answer["id"])] = (time.monotonic() + _CACHE_SECONDS, user_id)
+                self._remember(self._cache_key(kind, answer["id"], user_id), user_id)
             return answer
 
         return edit
+
+    def _cache_key(self, kind: str, object_id: str, user_id: str) -> tuple[str, str]:
+        # With AMS ownership the answer depends on who asks, so it is cached per user; with
+        # tags it is a fact about the object.
+        if kind == "agent" and self.ams_agent_ids is not None:
+            return (f"agent:{user_id}", object_id)
+        return (kind, object_id)
+
+    def _remember(self, key: tuple[str, str], owner: str | None) -> None:
+        if len(self._owners) >= _MAX_CACHED:
+            self._owners.pop(next(iter(self._owners)))
+        self._owners[key] = (time.monotonic() + _CACHE_SECONDS, owner)
 
     async def _require(self, kind: str, object_id: str, user_id: str, token: str | None) -> None:
         if await self._owner(kind, object_id, user_id, token) != user_id:
             raise Forbidden(f"This {kind} is not yours.")
 
     async def _owner(self, kind: str, object_id: str, user_id: str, token: str | None) -> str | None:
-        cached = self._owners.get((kind, object_id))
+        if not _OBJECT_ID.match(object_id):
+            raise Forbidden(f"This {kind} is not yours.")
+        key = self._cache_key(kind, object_id, user_id)
+        cached = self._owners.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         if kind == "agent" and self.ams_agent_ids is not None:
@@ -197,10 +242,12 @@ class LettaGuard:
         else:
             found = await self._fetch(f"/v1/{kind}s/{object_id}")
             owner = _owner_of(kind, found)
-        self._owners[(kind, object_id)] = (time.monotonic() + _CACHE_SECONDS, owner)
+        self._remember(key, owner)
         return owner
 
     async def _agent_of(self, kind: str, object_id: str) -> str:
+        if not _OBJECT_ID.match(object_id):
+            raise Forbidden(f"This {kind} is not yours.")
         found = await self._fetch(f"/v1/{kind}s/{object_id}")
         agent_id = found.get("agent_id") if found else None
         if not isinstance(agent_id, str):

@@ -19,7 +19,8 @@ import aiohttp
 
 from agent_gateway import metrics
 from agent_gateway.breaker import CircuitBreaker, counts_as_failure
-from agent_gateway.errors import BadRequest, BodyTooLarge, GatewayError, sse_error_event
+from agent_gateway.errors import BadRequest, BodyTooLarge, GatewayError, ServiceUnavailable, sse_error_event
+from agent_gateway.streams import StreamRegistry
 from agent_gateway.types import Headers, Receive, Send
 from agent_gateway.upstream import UpstreamClient, map_client_error
 
@@ -32,7 +33,10 @@ _RESPONSE_HEADERS = frozenset(
 
 def split_path(raw_path: bytes, prefix: str) -> list[str]:
     """The decoded segments after `prefix`, each one safe to put back into a URL (else 400)."""
-    rest = raw_path.decode("latin-1")[len(prefix) :].removeprefix("/")
+    raw = raw_path.decode("latin-1")
+    if not raw.startswith(prefix):  # an encoded prefix (`/api/v1/%61ms`) must not shift the path
+        raise BadRequest("The path is not in canonical form.", param="path")
+    rest = raw[len(prefix) :].removeprefix("/")
     segments = rest.split("/") if rest else []
     if segments and segments[-1] == "":
         segments.pop()  # one trailing slash is harmless
@@ -58,18 +62,27 @@ class UpstreamCall:
     query: str
     headers: dict[str, str]
     body: bytes | None = None  # a JSON body read whole (so a guard can check and rewrite it)
-    stream_body: AsyncIterator[bytes] | None = None  # an upload, passed on as it arrives
+    stream_body: CappedUpload | None = None  # an upload, passed on as it arrives
 
 
 class ServiceProxy:
     """One upstream service behind a path prefix, e.g. Letta's `/v1`."""
 
-    def __init__(self, client: UpstreamClient, prefix: str, breaker: CircuitBreaker, header_timeout: float) -> None:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        prefix: str,
+        breaker: CircuitBreaker,
+        header_timeout: float,
+        idle_timeout: float,
+        streams: StreamRegistry,
+    ) -> None:
         self.client = client
         self.prefix = prefix.rstrip("/")
         self.breaker = breaker
         self.header_timeout = header_timeout
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=header_timeout, sock_read=None)
+        self.streams = streams
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=header_timeout, sock_read=idle_timeout)
 
     @property
     def name(self) -> str:
@@ -79,17 +92,23 @@ class ServiceProxy:
         """Send `call`; the response headers are in, the body is still to read. Raises 502/503/504."""
         self.breaker.before_call()
         url = self.client.base_url + self.prefix + join_path(call.segments) + (f"?{call.query}" if call.query else "")
-        data: bytes | AsyncIterator[bytes] | None = call.stream_body if call.stream_body is not None else call.body
+        upload = call.stream_body
+        data: bytes | AsyncIterator[bytes] | None = upload.chunks() if upload is not None else call.body
         started = time.perf_counter()
+        # Headers must come within REQUEST_TIMEOUT; an upload's own sending time is not limited.
+        within = None if upload is not None else self.header_timeout
         try:
-            async with asyncio.timeout(self.header_timeout):
+            async with asyncio.timeout(within):
                 response = await self.client.session.request(
                     call.method, url, headers=call.headers, data=data, timeout=self._timeout, allow_redirects=False
                 )
-        except GatewayError:
-            self.breaker.release_probe()
-            raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, GatewayError) as exc:
+            if upload is not None and upload.refused is not None:
+                self.breaker.release_probe()  # the client's upload was refused: not the service's fault
+                raise upload.refused from None
+            if isinstance(exc, GatewayError):
+                self.breaker.release_probe()
+                raise
             self.breaker.failed()
             raise map_client_error(exc, self.name) from None
         metrics.UPSTREAM_LATENCY.labels(upstream=self.name).observe(time.perf_counter() - started)
@@ -100,22 +119,31 @@ class ServiceProxy:
             self.breaker.succeeded()
         return response
 
-    async def relay(self, response: aiohttp.ClientResponse, send: Send, extra: Headers, request_id: str) -> None:
-        """Stream `response` to the client as it arrives."""
+    async def relay(
+        self, response: aiohttp.ClientResponse, send: Send, extra: Headers, request_id: str, receive: Receive
+    ) -> None:
+        """Stream `response` to the client as it arrives; stop reading when the client leaves."""
         headers = [(name.lower(), value) for name, value in response.raw_headers if name.lower() in _RESPONSE_HEADERS]
         if response.content_type == "text/event-stream":
             headers += [(b"x-accel-buffering", b"no")]
         await send({"type": "http.response.start", "status": response.status, "headers": headers + extra})
+        watcher = asyncio.create_task(_close_when_client_leaves(receive, response))
+        self.streams.active.add(response)
         try:
             async for chunk in response.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, TimeoutError) as exc:
-            error = map_client_error(exc, self.name)
-            if response.content_type == "text/event-stream":
-                await send(
-                    {"type": "http.response.body", "body": sse_error_event(error, request_id), "more_body": True}
+            if response.content_type == "text/event-stream" and not watcher.done():
+                error = (
+                    ServiceUnavailable("The gateway is shutting down.")
+                    if self.streams.cut_off
+                    else map_client_error(exc, self.name)
                 )
+                event = sse_error_event(error, request_id)
+                await send({"type": "http.response.body", "body": event, "more_body": True})
         finally:
+            self.streams.active.discard(response)
+            watcher.cancel()
             response.release()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -143,18 +171,35 @@ async def read_capped(receive: Receive, cap: int, declared: int | None) -> bytes
             return b"".join(chunks)
 
 
-async def stream_capped(receive: Receive, cap: int) -> AsyncIterator[bytes]:
-    """The request body as it arrives; past `cap` bytes the upload is cut (the caller answers 413)."""
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > cap:
-            raise BodyTooLarge()
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
+class CappedUpload:
+    """The request body as it arrives, cut past `cap` bytes. aiohttp wraps what the body raises,
+    so the refusal is kept here too, for the proxy to answer 413 rather than 502."""
+
+    def __init__(self, receive: Receive, cap: int) -> None:
+        self.receive = receive
+        self.cap = cap
+        self.refused: GatewayError | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                # A cut-off upload must not reach the service as if it were whole.
+                self.refused = BadRequest("The client went away before sending the whole body.")
+                raise self.refused
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.cap:
+                self.refused = BodyTooLarge()
+                raise self.refused
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+
+async def _close_when_client_leaves(receive: Receive, response: aiohttp.ClientResponse) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    response.close()

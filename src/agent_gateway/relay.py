@@ -31,9 +31,10 @@ from agent_gateway.forwarding import upstream_body, upstream_headers
 from agent_gateway.policies import Policy, run_policies
 from agent_gateway.settings import Settings
 from agent_gateway.stores.ledger import Ledger, LedgerEntry, Usage
+from agent_gateway.streams import StreamRegistry
 from agent_gateway.types import Headers, Receive, Send
 from agent_gateway.upstream import UpstreamClient, map_client_error, response_headers
-from agent_gateway.usage import StreamMeter, estimate, read_usage, scrub_usage
+from agent_gateway.usage import StreamMeter, estimate, read_usage, scrub_usage, streamed_text_bytes
 
 _SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream"),
@@ -49,19 +50,6 @@ class AgentRoute:
     method: str
     upstream_path: str
     policies: Sequence[Policy]
-
-
-class StreamRegistry:
-    """Streams in progress, so a shutdown can end the ones still running after the grace."""
-
-    def __init__(self) -> None:
-        self.active: set[aiohttp.ClientResponse] = set()
-        self.cut_off = False
-
-    def cut_all(self) -> None:
-        self.cut_off = True
-        for response in list(self.active):
-            response.close()
 
 
 class AgentRelay:
@@ -133,13 +121,13 @@ class AgentRelay:
         async with self.upstream.request(
             "POST", route.upstream_path, headers=upstream_headers(ctx), body=body, timeout=self._json_timeout
         ) as response:
+            outcome.answered(response.status)
             try:
                 content = await response.read()
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise map_client_error(exc, self.upstream.name) from None
             status = response.status
             headers = response_headers(response)
-        outcome.status = status
         outcome.upstream_answered(bool(content))
         if status in (401, 403):
             raise UpstreamKeyRejected()
@@ -159,6 +147,8 @@ class AgentRelay:
             return content
         usage = payload.get("usage")
         outcome.usage = read_usage(usage)
+        if outcome.usage is None:  # estimated from the answer's text, as a stream would be
+            outcome.answer_bytes = streamed_text_bytes(content)
         if usage is None and route.name == "chat":
             payload["usage"] = dict(_ZERO_USAGE)
             return orjson.dumps(payload)
@@ -181,7 +171,7 @@ class AgentRelay:
             timeout=self._stream_timeout,
             headers_within=self.settings.request_timeout,
         ) as response:
-            outcome.status = response.status
+            outcome.answered(response.status)
             if response.status in (401, 403):
                 raise UpstreamKeyRejected()
             if response.status >= 400 or not response.content_type.startswith("text/event-stream"):
@@ -214,24 +204,26 @@ class AgentRelay:
     ) -> None:
         meter = StreamMeter(drop_forced_usage=not client_wants_usage)
         outcome.meter = meter
+        upstream_headers = [header for header in response_headers(response) if header[0] != b"content-type"]
         await send(
             {
                 "type": "http.response.start",
                 "status": response.status,
-                "headers": _SSE_HEADERS + [*ctx.response_headers],
+                "headers": _SSE_HEADERS + upstream_headers + ctx.response_headers,
             }
         )
         outcome.started = True
-        watcher = asyncio.create_task(_watch_disconnect(ctx.receive, outcome))
         first = True
         drained = 0
+        watcher: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(None) as deadline:
+                # When the client leaves, keep reading (bounded) for the usage LiteLLM bills; the
+                # drain's clock starts then, not at the next upstream byte.
+                drain_until = self.settings.stream_drain_seconds
+                watcher = asyncio.create_task(_watch_disconnect(ctx.receive, outcome, deadline, drain_until))
                 async for chunk in response.content.iter_any():
                     if outcome.client_gone:
-                        # The client left: keep reading, bounded, for the usage LiteLLM bills.
-                        if drained == 0:
-                            deadline.reschedule(asyncio.get_running_loop().time() + self.settings.stream_drain_seconds)
                         drained += len(chunk)
                         meter.feed(chunk)
                         if meter.usage is not None or meter.done or drained > self.settings.stream_drain_bytes:
@@ -257,7 +249,8 @@ class AgentRelay:
                 event = sse_error_event(error, ctx.request_id)
                 await send({"type": "http.response.body", "body": event, "more_body": True})
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
         if not outcome.client_gone:
             await send({"type": "http.response.body", "body": meter.flush(), "more_body": False})
 
@@ -283,8 +276,11 @@ class AgentRelay:
             raise UpstreamKeyRejected()
         allowed = ctx.profile.allowed_models if ctx.profile else None
         if status == 200 and allowed is not None:
-            payload = orjson.loads(content)
-            payload["data"] = [model for model in payload.get("data", []) if model.get("id") in allowed]
+            try:
+                payload = orjson.loads(content)
+                payload["data"] = [model for model in payload["data"] if model.get("id") in allowed]
+            except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
+                raise UpstreamError("LiteLLM sent a malformed model list.") from None
             await send_json(send, status, payload, ctx.response_headers)
             return status
         headers.append((b"content-length", str(len(content)).encode()))
@@ -295,7 +291,7 @@ class AgentRelay:
 class _Outcome:
     """How a call ended, as far as billing is concerned."""
 
-    __slots__ = ("breaker", "client_gone", "ctx", "meter", "started", "status", "usage")
+    __slots__ = ("answer_bytes", "breaker", "client_gone", "ctx", "has_answer", "meter", "started", "status", "usage")
 
     def __init__(self, ctx: RequestContext, breaker: CircuitBreaker) -> None:
         self.ctx = ctx
@@ -305,6 +301,8 @@ class _Outcome:
         self.client_gone = False
         self.usage: Usage | None = None
         self.meter: StreamMeter | None = None
+        self.has_answer = False  # the upstream sent response headers: it may have billed
+        self.answer_bytes = 0
 
     def upstream_answered(self, has_body: bool) -> None:
         if counts_as_failure(self.status, has_body):
@@ -312,8 +310,12 @@ class _Outcome:
         else:
             self.breaker.succeeded()
 
+    def answered(self, status: int) -> None:
+        self.status = status
+        self.has_answer = True
+
     def fail(self, error: GatewayError) -> None:
-        if not self.started:
+        if not self.has_answer:  # the ledger keeps the upstream's own status when there was one
             self.status = error.status_code
 
     def final_usage(self, prompt_estimate: int) -> Usage:
@@ -321,16 +323,18 @@ class _Outcome:
             return self.meter.usage
         if self.usage is not None:
             return self.usage
-        if self.meter is None and self.status >= 400 and self.status != 504:
-            return Usage()  # refused before any work (by LiteLLM, or unreachable): nothing billed
-        # A timeout, a broken or abandoned stream, an answer without usage: LiteLLM may bill.
-        streamed = self.meter.streamed_bytes if self.meter is not None else 0
+        if not self.has_answer:
+            # Unreachable: nothing was done. Timed out: LiteLLM may still bill.
+            return estimate(prompt_estimate) if self.status == 504 else Usage()
+        if self.status >= 400 and self.meter is None:
+            return Usage()  # refused by LiteLLM before any work: nothing billed
+        # A broken or abandoned stream, an answer without usage: estimated.
+        streamed = self.meter.streamed_bytes if self.meter is not None else self.answer_bytes
         return estimate(prompt_estimate, streamed)
 
 
-async def _watch_disconnect(receive: Receive, outcome: _Outcome) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            outcome.client_gone = True
-            return
+async def _watch_disconnect(receive: Receive, outcome: _Outcome, deadline: asyncio.Timeout, drain: float) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    outcome.client_gone = True
+    deadline.reschedule(asyncio.get_running_loop().time() + drain)

@@ -16,6 +16,7 @@ from agent_gateway.stores.ledger import Usage
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 # The generated text and tool arguments inside chunks, for the estimate when no usage comes.
 _STREAMED_TEXT = re.compile(rb'"(?:content|arguments|delta|text)":"((?:[^"\\]|\\.)*)"')
+_RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
 _DETAILS = ("prompt_tokens_details", "completion_tokens_details", "input_tokens_details", "output_tokens_details")
 
 
@@ -26,6 +27,8 @@ def read_usage(usage: Any) -> Usage | None:
     prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
     completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
     total = _int(usage.get("total_tokens")) or prompt + completion
+    if total == 0:
+        return None  # `{}` or all zeros is no report: the call is estimated, not free
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     return Usage(prompt, completion, cached, total)
@@ -45,6 +48,11 @@ def scrub_usage(usage: Any) -> bool:
             del usage[name]
             changed = True
     return changed
+
+
+def streamed_text_bytes(data: bytes) -> int:
+    """Bytes of generated text and tool arguments in `data` (an answer or stream events)."""
+    return sum(len(match.group(1)) for match in _STREAMED_TEXT.finditer(data))
 
 
 def estimate(prompt_estimate: int, streamed_bytes: int = 0) -> Usage:
@@ -75,11 +83,10 @@ class StreamMeter:
             self._tail = data
             return b""
         ready, self._tail = data[:end], data[end:]
-        for match in _STREAMED_TEXT.finditer(ready):
-            self.streamed_bytes += len(match.group(1))
+        self.streamed_bytes += streamed_text_bytes(ready)
         if b"[DONE]" in ready:
             self.done = True
-        if b'"usage"' in ready or b"response.completed" in ready:
+        if b'"usage"' in ready:
             return self._rewrite(ready)
         return ready
 
@@ -88,10 +95,8 @@ class StreamMeter:
         return tail
 
     def _rewrite(self, ready: bytes) -> bytes:
-        kept: list[bytes] = []
-        for event in _split_events(ready):
-            kept.append(self._inspect(event))
-        return b"".join(kept)
+        # Only the events that mention usage are parsed; the rest pass as they came.
+        return b"".join(self._inspect(event) if b'"usage"' in event else event for event in _split_events(ready))
 
     def _inspect(self, event: bytes) -> bytes:
         data = _event_data(event)
@@ -103,7 +108,7 @@ class StreamMeter:
             return event
         if not isinstance(chunk, dict):
             return event
-        if chunk.get("type") == "response.completed" and isinstance(chunk.get("response"), dict):
+        if chunk.get("type") in _RESPONSE_ENDS and isinstance(chunk.get("response"), dict):
             self.usage = read_usage(chunk["response"].get("usage")) or self.usage
             self.done = True
             return event

@@ -14,6 +14,7 @@ it is loaded from the ledger, which stays the source of truth.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -156,7 +157,7 @@ class MemoryBudgets:
 # KEYS: month used, month reservations (zset: score = expiry ms, member = id:tokens), token window
 # (zset: score = admitted ms, member = id:tokens). ARGV: tokens, id, monthly limit (-1 = none),
 # reservation ttl ms, month total from the ledger ('' = not loaded), token limit (-1 = none),
-# window ms. Returns {outcome, used, reserved, retry ms}.
+# window ms, '1' to replace the month total with the ledger's. Returns {outcome, used, reserved, retry ms}.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -172,6 +173,7 @@ local function sum(key)
 end
 if monthly >= 0 then
   local current = redis.call('GET', KEYS[1])
+  if ARGV[8] == '1' then current = false end
   if not current then
     if ARGV[5] == '' then return {-1, 0, 0, 0} end
     redis.call('SET', KEYS[1], ARGV[5], 'EX', 3456000)
@@ -246,6 +248,9 @@ class RedisBudgets:
         self._settle = redis.register_script(_SETTLE)
         self._last_warning = 0.0
         self._held_by_fallback: set[str] = set()
+        # Months whose Redis total missed a settlement (Redis failed): reloaded from the ledger.
+        self._stale: set[tuple[str, str]] = set()
+        self._releases: set[asyncio.Task[None]] = set()
 
     def _keys(self, request: BudgetRequest) -> list[str]:
         month = f"{self.prefix}{request.user_id}:{request.month}"
@@ -260,12 +265,17 @@ class RedisBudgets:
             "",
             request.token_rate.limit if request.token_rate else -1,
             int(request.token_rate.period * 1000) if request.token_rate else 0,
+            "0",
         ]
+        month = (request.user_id, request.month)
         try:
+            if month in self._stale and request.monthly_limit is not None:
+                args[4], args[7] = await self.month_total(*month), "1"
             result = await self._reserve(keys=self._keys(request), args=args)
             if int(result[0]) == NEEDS_LOAD:
-                args[4] = await self.month_total(request.user_id, request.month)
+                args[4] = await self.month_total(*month)
                 result = await self._reserve(keys=self._keys(request), args=args)
+            self._stale.discard(month)
         except (RedisError, OSError) as exc:
             return await self._degraded(request, exc)
         outcome, used, reserved, retry_ms = (int(value) for value in result)
@@ -274,16 +284,22 @@ class RedisBudgets:
     async def settle(self, request: BudgetRequest, actual: int) -> None:
         if request.reservation_id in self._held_by_fallback:
             self._held_by_fallback.discard(request.reservation_id)
+            self._stale.add((request.user_id, request.month))  # Redis never saw this call
             await self.fallback.settle(request, actual)
             return
         try:
             await self._settle(keys=self._keys(request), args=[request.reservation_id, request.tokens, actual])
         except (RedisError, OSError) as exc:
-            # The reservation expires by itself; the ledger row has the usage for the next load.
+            # The reservation expires by itself; the month total is reloaded from the ledger.
+            self._stale.add((request.user_id, request.month))
             self._warn("settle", exc)
 
     async def _degraded(self, request: BudgetRequest, exc: Exception) -> BudgetDecision:
         self._warn("reserve", exc)
+        # A timed-out script may still have reserved: take that back once Redis answers again.
+        release = asyncio.create_task(self._release(request))
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
         if self.fail_mode == "closed":
             raise LimitsUnavailable()
         # Checked against the ledger, never unchecked: the fallback re-reads month totals from it.
@@ -291,6 +307,10 @@ class RedisBudgets:
         if decision.admitted:
             self._held_by_fallback.add(request.reservation_id)
         return decision
+
+    async def _release(self, request: BudgetRequest) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._settle(keys=self._keys(request), args=[request.reservation_id, request.tokens, 0])
 
     def _warn(self, step: str, exc: Exception) -> None:
         metrics.REDIS_FALLBACKS.labels(component="budget", mode=self.fail_mode).inc()

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 from agent_gateway import metrics
 from agent_gateway.context import RequestContext
-from agent_gateway.errors import BudgetExceeded, RateLimited
+from agent_gateway.errors import BudgetExceeded, GatewayError, RateLimited, ServiceUnavailable
 from agent_gateway.limits.budget import OVER_MONTH, BudgetRequest, Budgets
 from agent_gateway.settings import Rate
 from agent_gateway.stores.ledger import Usage
@@ -26,7 +26,12 @@ class BudgetPolicy:
         if monthly_limit is None and self.token_rate is None:
             return
         request = BudgetRequest(ctx.user_id, ctx.month, ctx.call_id, ctx.reserve_tokens, monthly_limit, self.token_rate)
-        decision = await self.budgets.reserve(request)
+        try:
+            decision = await self.budgets.reserve(request)
+        except GatewayError:
+            raise
+        except Exception as exc:  # the ledger cannot be read: never admit unchecked
+            raise ServiceUnavailable("Usage limits cannot be checked right now.") from exc
         if not decision.admitted:
             if decision.outcome == OVER_MONTH:
                 assert monthly_limit is not None
