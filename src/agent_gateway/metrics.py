@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -47,3 +50,9 @@ REDIS_FALLBACKS = Counter(
 BREAKER_STATE = Gauge(
     "gateway_circuit_breaker_open", "1 while an upstream's breaker is open.", ["upstream"], registry=REGISTRY
 )
+
+
+@functools.lru_cache(maxsize=4096)
+def child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once: `labels()` validates and locks on every call."""
+    return metric.labels(*values)

@@ -111,7 +111,7 @@ class ServiceProxy:
                 raise
             self.breaker.failed()
             raise map_client_error(exc, self.name) from None
-        metrics.UPSTREAM_LATENCY.labels(upstream=self.name).observe(time.perf_counter() - started)
+        metrics.child(metrics.UPSTREAM_LATENCY, self.name).observe(time.perf_counter() - started)
         has_body = response.content_length not in (None, 0) or response.headers.get("transfer-encoding") == "chunked"
         if counts_as_failure(response.status, has_error_body=has_body):
             self.breaker.failed()

@@ -59,7 +59,9 @@ class AgentRelay:
         self.ledger = ledger
         self.breakers = breakers
         self.streams = StreamRegistry()
-        self._json_timeout = aiohttp.ClientTimeout(total=settings.llm_timeout, sock_connect=settings.request_timeout)
+        self._json_timeout = aiohttp.ClientTimeout(
+            sock_read=settings.llm_timeout, sock_connect=settings.request_timeout
+        )
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.request_timeout, sock_read=settings.stream_idle_timeout
         )
@@ -118,16 +120,18 @@ class AgentRelay:
     async def _relay_json(
         self, route: AgentRoute, ctx: RequestContext, body: bytes, send: Send, outcome: _Outcome
     ) -> None:
-        async with self.upstream.request(
+        response = await self.upstream.open(
             "POST", route.upstream_path, headers=upstream_headers(ctx), body=body, timeout=self._json_timeout
-        ) as response:
+        )
+        try:
             outcome.answered(response.status)
-            try:
-                content = await response.read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise map_client_error(exc, self.upstream.name) from None
-            status = response.status
-            headers = response_headers(response)
+            content = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise map_client_error(exc, self.upstream.name) from None
+        finally:
+            response.release()
+        status = response.status
+        headers = response_headers(response)
         outcome.upstream_answered(bool(content))
         if status in (401, 403):
             raise UpstreamKeyRejected()
@@ -163,14 +167,15 @@ class AgentRelay:
         send: Send,
         outcome: _Outcome,
     ) -> None:
-        async with self.upstream.request(
+        response = await self.upstream.open(
             "POST",
             route.upstream_path,
             headers=upstream_headers(ctx),
             body=body,
             timeout=self._stream_timeout,
             headers_within=self.settings.request_timeout,
-        ) as response:
+        )
+        try:
             outcome.answered(response.status)
             if response.status in (401, 403):
                 raise UpstreamKeyRejected()
@@ -193,6 +198,8 @@ class AgentRelay:
                 await self._pump(ctx, response, client_wants_usage, send, outcome)
             finally:
                 self.streams.active.discard(response)
+        finally:
+            response.release()
 
     async def _pump(
         self,
@@ -232,7 +239,7 @@ class AgentRelay:
                     ready = meter.feed(chunk)
                     if ready:
                         if first:
-                            metrics.TIME_TO_FIRST_BYTE.labels(route=ctx.route).observe(
+                            metrics.child(metrics.TIME_TO_FIRST_BYTE, ctx.route).observe(
                                 time.perf_counter() - ctx.started
                             )
                             first = False
@@ -260,18 +267,20 @@ class AgentRelay:
             for hook in ctx.settle_hooks:
                 await hook(usage)
             if usage.total_tokens and ctx.model:
-                metrics.TOKENS.labels(model=ctx.model, kind="prompt").inc(usage.prompt_tokens)
-                metrics.TOKENS.labels(model=ctx.model, kind="completion").inc(usage.completion_tokens)
+                metrics.child(metrics.TOKENS, ctx.model, "prompt").inc(usage.prompt_tokens)
+                metrics.child(metrics.TOKENS, ctx.model, "completion").inc(usage.completion_tokens)
 
     async def _models(self, ctx: RequestContext, send: Send) -> int:
-        async with self.upstream.request(
+        response = await self.upstream.open(
             "GET", "/models", headers=upstream_headers(ctx), timeout=self._models_timeout
-        ) as response:
-            try:
-                content = await response.read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise map_client_error(exc, self.upstream.name) from None
-            status, headers = response.status, response_headers(response)
+        )
+        try:
+            content = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise map_client_error(exc, self.upstream.name) from None
+        finally:
+            response.release()
+        status, headers = response.status, response_headers(response)
         if status in (401, 403):
             raise UpstreamKeyRejected()
         allowed = ctx.profile.allowed_models if ctx.profile else None

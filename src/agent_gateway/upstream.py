@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import aiohttp
 
@@ -72,8 +70,7 @@ class UpstreamClient:
         assert self._session is not None, "UpstreamClient.start() runs in the app's lifespan"
         return self._session
 
-    @asynccontextmanager
-    async def request(
+    async def open(
         self,
         method: str,
         path: str,
@@ -82,8 +79,8 @@ class UpstreamClient:
         body: bytes | None = None,
         timeout: aiohttp.ClientTimeout,
         headers_within: float | None = None,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Open an upstream response; connection failures and timeouts raise as 502/504.
+    ) -> aiohttp.ClientResponse:
+        """Open an upstream response (the caller releases it); failures and timeouts raise as 502/504.
 
         `headers_within` bounds the wait for response headers (streams), separately from the
         read timeouts in `timeout`.
@@ -100,11 +97,8 @@ class UpstreamClient:
                     response = await call
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise map_client_error(exc, self.name) from None
-        metrics.UPSTREAM_LATENCY.labels(upstream=self.name).observe(time.perf_counter() - started)
-        try:
-            yield response
-        finally:
-            response.release()
+        metrics.child(metrics.UPSTREAM_LATENCY, self.name).observe(time.perf_counter() - started)
+        return response
 
     async def get_status(self, path: str, timeout: float) -> tuple[int, float]:
         started = time.perf_counter()

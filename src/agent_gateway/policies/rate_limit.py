@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 from agent_gateway import metrics
 from agent_gateway.context import RequestContext
 from agent_gateway.errors import RateLimited
@@ -15,11 +17,13 @@ class RateLimitPolicy:
         self.limiter = limiter
         self.rate = rate
         self.scope = scope
+        self._policy = (b"ratelimit-policy", f'"{scope}";q={rate.limit};w={rate.window}'.encode())
+        self._prefix = f"{scope}:"
 
     async def check(self, ctx: RequestContext) -> None:
-        decision = await self.limiter.hit(f"{self.scope}:{ctx.user_id}", self.rate)
-        headers = decision.headers(self.rate, self.scope)
+        decision = await self.limiter.hit(self._prefix + ctx.user_id, self.rate)
         if not decision.allowed:
             metrics.LIMIT_REJECTIONS.labels(limit="requests").inc()
-            raise RateLimited(retry_after=decision.retry_after, headers=headers)
-        ctx.response_headers.extend((name.lower().encode(), value.encode()) for name, value in headers.items())
+            raise RateLimited(retry_after=decision.retry_after, headers=decision.headers(self.rate, self.scope))
+        state = f'"{self.scope}";r={decision.remaining};t={math.ceil(decision.reset)}'.encode()
+        ctx.response_headers += (self._policy, (b"ratelimit", state))

@@ -82,6 +82,7 @@ class Ledger:
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._upsert = self._build_upsert()
+        self._sqlite_upsert = _sqlite_upsert() if self.database.dialect == "sqlite" else None
 
     def _build_upsert(self) -> Any:
         insert = postgresql.insert if self.database.dialect == "postgresql" else sqlite.insert
@@ -139,16 +140,21 @@ class Ledger:
             if not self._pending:
                 return 0
             batch, self._pending = self._pending, {}
-            rows = [entry.row() for entry in batch.values()]
             try:
                 async with self.database.begin() as conn:
-                    await conn.execute(self._upsert, rows)
+                    if self._sqlite_upsert is not None:
+                        # The embedded default's hot write: straight to the driver, no per-row
+                        # SQLAlchemy parameter processing (values laid out as its SQLite types).
+                        rows = [_sqlite_values(entry.row()) for entry in batch.values()]
+                        await conn.exec_driver_sql(self._sqlite_upsert, rows)
+                    else:
+                        await conn.execute(self._upsert, [entry.row() for entry in batch.values()])
             except BaseException:
                 # Put the batch back under anything newer, so no row is lost to a failed write.
                 batch.update(self._pending)
                 self._pending = batch
                 raise
-            return len(rows)
+            return len(batch)
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -189,3 +195,24 @@ class Ledger:
             rows = (await conn.execute(query)).mappings().all()
         # str(k): the user_id key is SQLAlchemy's `quoted_name`, a str subclass that orjson refuses as a key
         return [{"month": month, **{str(k): (v if k == "user_id" else int(v)) for k, v in row.items()}} for row in rows]
+
+
+_COLUMNS = [column.name for column in ledger.c]
+
+
+def _sqlite_upsert() -> str:
+    """The same upsert as `Ledger._build_upsert`, as SQLite text with positional parameters."""
+    updates = ", ".join(f"{name} = excluded.{name}" for name in _COLUMNS if name not in ("id", "admitted_at"))
+    return (
+        f"INSERT INTO usage_ledger ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+        f"ON CONFLICT (id) DO UPDATE SET {updates} "
+        f"WHERE NOT (usage_ledger.state = '{SETTLED}' AND usage_ledger.status IS NOT NULL)"
+    )
+
+
+def _sqlite_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    # SQLAlchemy keeps SQLite datetimes as "YYYY-MM-DD HH:MM:SS[.ffffff]" text and parses it back.
+    return tuple(
+        str(value.replace(tzinfo=None)) if isinstance(value, datetime) else value
+        for value in (row[name] for name in _COLUMNS)
+    )
