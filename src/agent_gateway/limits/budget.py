@@ -17,9 +17,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -62,28 +63,69 @@ class Budgets(Protocol):
     async def settle(self, request: BudgetRequest, actual: int) -> None: ...
 
 
+class _Window:
+    """Tokens admitted in a rolling window, by call, with a running total: O(1) per call.
+
+    Entries are appended in admission order with one fixed lifetime, so the oldest always
+    expires first.
+    """
+
+    __slots__ = ("by_id", "queue", "total")
+
+    def __init__(self) -> None:
+        self.queue: deque[list[Any]] = deque()  # [expires, id, tokens]
+        self.by_id: dict[str, list[Any]] = {}
+        self.total = 0
+
+    def add(self, rid: str, tokens: int, expires: float) -> None:
+        entry = [expires, rid, tokens]
+        self.queue.append(entry)
+        self.by_id[rid] = entry
+        self.total += tokens
+
+    def prune(self, now: float) -> int:
+        queue = self.queue
+        while queue and queue[0][0] <= now:
+            _, rid, tokens = queue.popleft()
+            if self.by_id.pop(rid, None) is not None:
+                self.total -= tokens
+        return self.total
+
+    def set(self, rid: str, tokens: int) -> None:
+        """Replace an entry's amount (its reservation with the real usage)."""
+        entry = self.by_id.get(rid)
+        if entry is not None:
+            self.total += tokens - entry[2]
+            entry[2] = tokens
+
+    def wait_for(self, excess: int, now: float) -> float:
+        """Seconds until `excess` tokens have expired."""
+        for expires, _, tokens in self.queue:
+            excess -= tokens
+            if excess <= 0:
+                return max(0.0, float(expires) - now)
+        return 0.0
+
+
 @dataclass
 class _Month:
     used: int
     loaded_at: float = field(default_factory=time.monotonic)
-    reservations: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (tokens, expiry)
-
-    def reserved(self, now: float) -> int:
-        for rid in [rid for rid, (_, expiry) in self.reservations.items() if expiry <= now]:
-            del self.reservations[rid]
-        return sum(tokens for tokens, _ in self.reservations.values())
+    # In one process a reservation needs no TTL: it is settled in a `finally`, and a crash takes
+    # it along with the process.
+    reserved: int = 0
+    live: dict[str, int] = field(default_factory=dict)
 
 
 class MemoryBudgets:
     """One process's budgets; month totals loaded from the ledger on first use."""
 
-    def __init__(self, month_total: MonthTotal, ttl: float, reload_after: float | None = None) -> None:
+    def __init__(self, month_total: MonthTotal, reload_after: float | None = None) -> None:
         self.month_total = month_total
-        self.ttl = ttl
         self.reload_after = reload_after  # re-read the ledger this often (when others write it too)
         self._months: dict[tuple[str, str], _Month] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[_Month]] = {}
-        self._windows: dict[str, dict[str, tuple[float, int]]] = {}  # user -> id -> (admitted at, tokens)
+        self._windows: dict[str, _Window] = {}  # user -> tokens admitted in the rolling window
 
     async def reserve(self, request: BudgetRequest) -> BudgetDecision:
         month = None
@@ -91,19 +133,22 @@ class MemoryBudgets:
             month = await self._month(request.user_id, request.month)
         # From here to the end no await: the check and the reservation are one atomic step.
         now = time.monotonic()
-        if month is not None and request.monthly_limit is not None:
-            reserved = month.reserved(now)
-            if month.used + reserved + request.tokens > request.monthly_limit:
-                return BudgetDecision(OVER_MONTH, month.used, reserved)
-        window = self._windows.setdefault(request.user_id, {})
-        if request.token_rate is not None:
-            in_window = self._prune(window, now, request.token_rate.period)
-            if in_window + request.tokens > request.token_rate.limit:
-                retry = self._retry_after(window, now, request, in_window)
+        limit = request.monthly_limit
+        if month is not None and limit is not None and month.used + month.reserved + request.tokens > limit:
+            return BudgetDecision(OVER_MONTH, month.used, month.reserved)
+        rate = request.token_rate
+        if rate is not None:
+            window = self._windows.get(request.user_id)
+            if window is None:
+                window = self._windows[request.user_id] = _Window()
+            in_window = window.prune(now)
+            if in_window + request.tokens > rate.limit:
+                retry = window.wait_for(in_window + request.tokens - rate.limit, now) or rate.period
                 return BudgetDecision(OVER_RATE, in_window, 0, retry)
-            window[request.reservation_id] = (now, request.tokens)
+            window.add(request.reservation_id, request.tokens, now + rate.period)
         if month is not None:
-            month.reservations[request.reservation_id] = (request.tokens, now + self.ttl)
+            month.live[request.reservation_id] = request.tokens
+            month.reserved += request.tokens
         return BudgetDecision(ADMITTED, month.used if month else 0)
 
     async def _month(self, user_id: str, month_name: str) -> _Month:
@@ -131,46 +176,36 @@ class MemoryBudgets:
     async def settle(self, request: BudgetRequest, actual: int) -> None:
         month = self._months.get((request.user_id, request.month))
         if month is not None:
-            month.reservations.pop(request.reservation_id, None)
+            month.reserved -= month.live.pop(request.reservation_id, 0)
             month.used += actual
         window = self._windows.get(request.user_id)
-        if window is not None and request.reservation_id in window:
-            window[request.reservation_id] = (window[request.reservation_id][0], actual)
-
-    @staticmethod
-    def _prune(window: dict[str, tuple[float, int]], now: float, period: float) -> int:
-        for rid in [rid for rid, (at, _) in window.items() if at <= now - period]:
-            del window[rid]
-        return sum(tokens for _, tokens in window.values())
-
-    @staticmethod
-    def _retry_after(window: dict[str, tuple[float, int]], now: float, request: BudgetRequest, in_window: int) -> float:
-        assert request.token_rate is not None
-        excess = in_window + request.tokens - request.token_rate.limit
-        for at, tokens in sorted(window.values()):
-            excess -= tokens
-            if excess <= 0:
-                return at + request.token_rate.period - now
-        return request.token_rate.period  # larger than the whole window: never, but say when to look again
+        if window is not None:
+            window.set(request.reservation_id, actual)
 
 
-# KEYS: month used, month reservations (zset: score = expiry ms, member = id:tokens), token window
-# (zset: score = admitted ms, member = id:tokens). ARGV: tokens, id, monthly limit (-1 = none),
-# reservation ttl ms, month total from the ledger ('' = not loaded), token limit (-1 = none),
-# window ms, '1' to replace the month total with the ledger's. Returns {outcome, used, reserved, retry ms}.
+# Each held amount is a zset (member `id:tokens`, score = when it stops counting) plus a running
+# total beside it, so an admission costs O(1) plus what expired since the last one.
+# KEYS: month used, month reservations, its total, token window, its total.
+# ARGV: tokens, id, monthly limit (-1 = none), reservation ttl ms, month total from the ledger
+# ('' = not loaded), token limit (-1 = none), window ms, '1' to replace the month total with the
+# ledger's. Returns {outcome, used, reserved, retry ms}.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local tokens = tonumber(ARGV[1])
+local member = ARGV[2] .. ':' .. ARGV[1]
+local function held(zset, total)
+  local gone = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
+  if #gone > 0 then
+    local freed = 0
+    for _, m in ipairs(gone) do freed = freed + tonumber(string.match(m, ':(%d+)$')) end
+    redis.call('ZREMRANGEBYSCORE', zset, '-inf', now)
+    redis.call('DECRBY', total, freed)
+  end
+  return tonumber(redis.call('GET', total) or '0')
+end
 local monthly = tonumber(ARGV[3])
 local used, reserved = 0, 0
-local function sum(key)
-  local total = 0
-  for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-    total = total + tonumber(string.match(member, ':(%d+)$'))
-  end
-  return total
-end
 if monthly >= 0 then
   local current = redis.call('GET', KEYS[1])
   if ARGV[8] == '1' then current = false end
@@ -180,33 +215,33 @@ if monthly >= 0 then
     current = ARGV[5]
   end
   used = tonumber(current)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  reserved = sum(KEYS[2])
+  reserved = held(KEYS[2], KEYS[3])
   if used + reserved + tokens > monthly then return {0, used, reserved, 0} end
 end
 local rate = tonumber(ARGV[6])
 if rate >= 0 then
   local window = tonumber(ARGV[7])
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
-  local members = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
-  local in_window = 0
-  for i = 1, #members, 2 do
-    in_window = in_window + tonumber(string.match(members[i], ':(%d+)$'))
-  end
+  local in_window = held(KEYS[4], KEYS[5])
   if in_window + tokens > rate then
     local excess = in_window + tokens - rate
-    for i = 1, #members, 2 do
-      excess = excess - tonumber(string.match(members[i], ':(%d+)$'))
-      if excess <= 0 then return {2, in_window, 0, tonumber(members[i + 1]) + window - now} end
+    local oldest = redis.call('ZRANGE', KEYS[4], 0, 999, 'WITHSCORES')
+    for i = 1, #oldest, 2 do
+      excess = excess - tonumber(string.match(oldest[i], ':(%d+)$'))
+      if excess <= 0 then return {2, in_window, 0, tonumber(oldest[i + 1]) - now} end
     end
     return {2, in_window, 0, window}
   end
-  redis.call('ZADD', KEYS[3], now, ARGV[2] .. ':' .. tokens)
-  redis.call('PEXPIRE', KEYS[3], window)
+  redis.call('ZADD', KEYS[4], now + window, member)
+  redis.call('INCRBY', KEYS[5], tokens)
+  redis.call('PEXPIRE', KEYS[4], window)
+  redis.call('PEXPIRE', KEYS[5], window)
 end
 if monthly >= 0 then
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[2] .. ':' .. tokens)
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[4]))
+  local ttl = tonumber(ARGV[4])
+  redis.call('ZADD', KEYS[2], now + ttl, member)
+  redis.call('INCRBY', KEYS[3], tokens)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
 end
 return {1, used, reserved, 0}
 """
@@ -215,12 +250,13 @@ return {1, used, reserved, 0}
 # still holds it; otherwise the next load reads this call from the ledger.
 _SETTLE = """
 local reserved = ARGV[1] .. ':' .. ARGV[2]
-redis.call('ZREM', KEYS[2], reserved)
+if redis.call('ZREM', KEYS[2], reserved) == 1 then redis.call('DECRBY', KEYS[3], ARGV[2]) end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[3]) end
-local score = redis.call('ZSCORE', KEYS[3], reserved)
-if score then
-  redis.call('ZREM', KEYS[3], reserved)
-  redis.call('ZADD', KEYS[3], score, ARGV[1] .. ':' .. ARGV[3])
+local until_ = redis.call('ZSCORE', KEYS[4], reserved)
+if until_ then
+  redis.call('ZREM', KEYS[4], reserved)
+  redis.call('ZADD', KEYS[4], until_, ARGV[1] .. ':' .. ARGV[3])
+  redis.call('INCRBY', KEYS[5], tonumber(ARGV[3]) - tonumber(ARGV[2]))
 end
 return 1
 """
@@ -243,7 +279,7 @@ class RedisBudgets:
         self.ttl = ttl
         self.fail_mode = fail_mode
         self.prefix = prefix
-        self.fallback = MemoryBudgets(month_total, ttl, reload_after=5.0)
+        self.fallback = MemoryBudgets(month_total, reload_after=5.0)
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
         self._last_warning = 0.0
@@ -254,7 +290,8 @@ class RedisBudgets:
 
     def _keys(self, request: BudgetRequest) -> list[str]:
         month = f"{self.prefix}{request.user_id}:{request.month}"
-        return [f"{month}:used", f"{month}:reserved", f"{self.prefix}{request.user_id}:tokens"]
+        window = f"{self.prefix}{request.user_id}:tokens"
+        return [f"{month}:used", f"{month}:reserved", f"{month}:reserved:total", window, f"{window}:total"]
 
     async def reserve(self, request: BudgetRequest) -> BudgetDecision:
         args: list[int | str] = [
