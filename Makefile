@@ -26,7 +26,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) services lint
+	rm -f .coverage .coverage.*
 	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report --fail-under=85
 
 bench: $(STAMP)

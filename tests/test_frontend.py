@@ -330,7 +330,7 @@ def test_breaker_opens_answers_at_once_and_recovers(gateway_factory: Any) -> Non
     started = time.monotonic()
     refused = httpx.get(url, headers=auth(alice))
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "circuit_open"
-    assert time.monotonic() - started < 0.5 and int(refused.headers["retry-after"]) >= 1
+    assert time.monotonic() - started < 1.0 and int(refused.headers["retry-after"]) >= 1
     health = httpx.get(f"{gw.url}/health").json()
     assert health["checks"]["letta"]["breaker"] == "open" and health["status"] == "error"
     assert 'gateway_circuit_breaker_open{upstream="letta"} 1.0' in httpx.get(f"{gw.url}/metrics").text

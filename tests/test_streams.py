@@ -150,7 +150,7 @@ def test_a_failing_model_opens_its_own_breaker_only(gateway_factory: Any) -> Non
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as refused:
         client.chat.completions.create(model="hang", messages=MESSAGES)
-    assert refused.value.status_code == 503 and time.monotonic() - started < 0.4
+    assert refused.value.status_code == 503 and time.monotonic() - started < 1.0
     assert refused.value.response.json()["error"]["code"] == "circuit_open"
     assert int(refused.value.response.headers["retry-after"]) > 0
     assert client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES).usage  # other models go on

@@ -50,10 +50,10 @@ access_log = logging.getLogger("agent_gateway.access")
 log = logging.getLogger("agent_gateway")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 _ALWAYS_SERVED = frozenset({"/ping", "/health", "/metrics"})
-REDIS_TIMEOUT = 0.25  # seconds: at ~50 ms a loaded 2-core host timed out and fell back (see CHANGELOG)
 
 
-def connect_redis(settings: Settings, timeout: float | None = REDIS_TIMEOUT, **options: Any) -> Redis | None:
+def connect_redis(settings: Settings, timeout: float | None, **options: Any) -> Redis | None:
+    """A client for `REDIS_URL` whose calls give up after `timeout` seconds (None: never)."""
     if not settings.redis_url:
         return None
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
@@ -66,7 +66,7 @@ class Gateway:
 
         self.settings = settings
         self.database = Database(settings.database_url)
-        self.redis = connect_redis(settings)
+        self.redis = connect_redis(settings, settings.redis_timeout)  # then LIMITS_FAIL_MODE applies
         self.profile_store = ProfileStore(self.database)
         self.profiles = ProfileCache(self.profile_store)
         self.limiter: RateLimiter = (

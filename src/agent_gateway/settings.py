@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./var/gateway.db"
     redis_url: str | None = None
     redis_password: SecretStr | None = None
+    redis_timeout: float = Field(default=0.25, gt=0)
     allowed_origins: CSV = ()
     max_concurrent_requests: int = Field(default=1000, ge=1)
     request_timeout: float = Field(default=30.0, gt=0)
