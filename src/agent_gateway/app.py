@@ -89,6 +89,7 @@ class Gateway:
         self.ops = build_ops_app(self)
         self.draining = False
         self.in_flight = 0
+        self.last_health: tuple[float, dict[str, Any]] | None = None
         metrics.IN_FLIGHT.set_function(lambda: self.in_flight)  # read when scraped, not per request
         self._background: list[asyncio.Task[None]] = []
 

@@ -16,15 +16,14 @@ CHECK_TIMEOUT = 2.0
 
 
 _CACHE_SECONDS = 1.0  # /health is open to anyone: at most one round of checks a second
-_last: tuple[float, dict[str, Any]] | None = None
 
 
 async def check_health(gateway: Gateway) -> dict[str, Any]:
-    global _last
-    if _last is not None and time.monotonic() - _last[0] < _CACHE_SECONDS and not gateway.draining:
-        return _last[1]
+    last = gateway.last_health
+    if last is not None and time.monotonic() - last[0] < _CACHE_SECONDS and not gateway.draining:
+        return last[1]
     report = await _check(gateway)
-    _last = (time.monotonic(), report)
+    gateway.last_health = (time.monotonic(), report)
     return report
 
 

@@ -16,15 +16,14 @@ Models:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.server import ThreadedServer
 
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
 STREAM_WORDS = ["Hel", "lo ", "fro", "m f", "ake"]
@@ -45,58 +44,29 @@ class Seen:
 
 
 @dataclass
-class FakeLiteLLM:
-    host: str = "127.0.0.1"
-    port: int = 0
+class FakeLiteLLM(ThreadedServer):
     requests: list[Seen] = field(default_factory=list)
     finished_streams: int = 0
-    _loop: asyncio.AbstractEventLoop | None = None
     _release: asyncio.Event | None = None
-    _thread: threading.Thread | None = None
-    _runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def build(self) -> web.Application:
+        self._release = asyncio.Event()  # made on the server's own loop
+        app = web.Application()
+        app.router.add_post("/chat/completions", self._chat)
+        app.router.add_post("/responses", self._responses)
+        app.router.add_post("/embeddings", self._embeddings)
+        app.router.add_get("/models", self._models)
+        app.router.add_get("/health/liveliness", self._liveliness)
+        return app
 
     def start(self) -> FakeLiteLLM:
-        sock = socket.socket()
-        sock.bind((self.host, 0))
-        self.port = sock.getsockname()[1]
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            self._release = asyncio.Event()
-            app = web.Application()
-            app.router.add_post("/chat/completions", self._chat)
-            app.router.add_post("/responses", self._responses)
-            app.router.add_post("/embeddings", self._embeddings)
-            app.router.add_get("/models", self._models)
-            app.router.add_get("/health/liveliness", self._liveliness)
-            self._runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(web.SockSite(self._runner, sock).start())
-            ready.set()
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=run, daemon=True, name="fake-litellm")
-        self._thread.start()
-        ready.wait(10)
+        super().start()
         return self
 
     def stop(self) -> None:
-        if self._loop is None:
-            return
-        assert self._runner is not None
-        self.release()
-        with contextlib.suppress(TimeoutError):
-            asyncio.run_coroutine_threadsafe(self._runner.shutdown(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        assert self._thread is not None
-        self._thread.join(10)
+        if self._loop is not None:
+            self.release()  # stalled streams end, so the server can shut down
+        super().stop()
 
     def release(self) -> None:
         """Let `stall` streams go on."""
