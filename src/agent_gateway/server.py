@@ -27,6 +27,7 @@ def serve(settings: Settings) -> None:
         "access_log": False,
         "log_config": None,
         "server_header": False,
+        "proxy_headers": False,  # nothing here reads the client address: skip the per-request rewrite
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds + _CUT_OFF_MARGIN,
         "timeout_keep_alive": 75,
     }
