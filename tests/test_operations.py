@@ -143,3 +143,22 @@ def test_no_secret_or_key_reaches_logs_errors_metrics_or_health(gateway_factory:
 
     for secret in (SECRET, user_key, user_key[-12:], admin_key):
         assert secret not in everything
+
+
+def test_check_reaches_every_dependency_and_fails_on_a_down_one(tmp_path: Any, litellm: Any, redis_url: str) -> None:
+    from click.testing import CliRunner
+
+    from agent_gateway.cli import main
+    from tests.conftest import free_port
+
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/gw.db", "LITELLM_BASE_URL": litellm.url, "REDIS_URL": redis_url}
+    good = CliRunner().invoke(main, ["check"], env=env)
+    assert good.exit_code == 0, good.output
+    assert [line.split()[:2] for line in good.output.splitlines()][:3] == [
+        ["database", "ok"],
+        ["redis", "ok"],
+        ["litellm", "ok"],
+    ]
+    down = CliRunner().invoke(main, ["check"], env={**env, "LITELLM_BASE_URL": f"http://127.0.0.1:{free_port()}"})
+    assert down.exit_code != 0
+    assert "litellm" in down.output and "error" in down.output
