@@ -136,6 +136,20 @@ async def wait_for_rows(database_url: str, user_id: str, count: int, timeout: fl
         await asyncio.sleep(0.1)
 
 
+def settings_variables() -> set[str]:
+    """Every environment variable the gateway reads (SPEC §3), aliases included."""
+    from pydantic import AliasChoices
+
+    from agent_gateway.settings import Settings
+
+    names = set()
+    for name, info in Settings.model_fields.items():
+        names.add(name.upper())
+        if isinstance(info.validation_alias, AliasChoices):
+            names.update(str(choice) for choice in info.validation_alias.choices)
+    return names
+
+
 def new_user() -> str:
     return f"u-{uuid.uuid4().hex[:12]}"
 

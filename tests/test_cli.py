@@ -12,27 +12,17 @@ import orjson
 import pytest
 import redis
 from click.testing import CliRunner, Result
-from pydantic import AliasChoices
 
 from agent_gateway.cli import main
-from agent_gateway.settings import Settings
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.ledger import Ledger, LedgerEntry, Usage
 from agent_gateway.stores.profile_cache import INVALIDATION_CHANNEL
 from agent_gateway.tokens import derive_token
+from tests.conftest import settings_variables
 
 KEY = "sk-alice-0123456789abcdef"
 OTHER_KEY = "sk-rotated-fedcba9876543210"
 SECRET = "cli-test-secret-3d9f"
-
-
-def _variables() -> set[str]:
-    names = set()
-    for name, field in Settings.model_fields.items():
-        names.add(name.upper())
-        if isinstance(field.validation_alias, AliasChoices):
-            names.update(str(choice) for choice in field.validation_alias.choices)
-    return names
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +34,7 @@ class Cli:
     """`agent-gateway` with exactly the environment given, nothing of the caller's shell."""
 
     def __init__(self, **env: str) -> None:
-        self.env: dict[str, str | None] = {name: None for name in _variables()}
+        self.env: dict[str, str | None] = {name: None for name in settings_variables()}
         self.env.update(env)
 
     def __call__(self, *args: str, **env: str) -> Result:

@@ -9,27 +9,18 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from pydantic import AliasChoices
 
 from agent_gateway.cli import main
-from agent_gateway.settings import ConfigError, Rate, Settings, load_settings
+from agent_gateway.settings import ConfigError, Rate, load_settings
+from tests.conftest import settings_variables
 
 SECRET = "s3cr3t-do-not-print-9b1e"
-
-
-def _variables() -> set[str]:
-    names = set()
-    for name, field in Settings.model_fields.items():
-        names.add(name.upper())
-        if isinstance(field.validation_alias, AliasChoices):
-            names.update(str(choice) for choice in field.validation_alias.choices)
-    return names
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No variable of the caller's shell and no `.env` reaches these tests."""
-    for name in _variables():
+    for name in settings_variables():
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
 
@@ -246,7 +237,7 @@ def test_values_never_appear_in_errors(env: dict[str, str]) -> None:
 
 
 def _serve(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in _variables()}
+    clean = {k: v for k, v in os.environ.items() if k not in settings_variables()}
     return subprocess.run(
         [sys.executable, "-m", "agent_gateway", "serve"],
         env={**clean, "DATABASE_URL": f"sqlite:///{cwd}/gw.db", "PORT": "1", **env},
