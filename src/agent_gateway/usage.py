@@ -13,7 +13,6 @@ import orjson
 
 from agent_gateway.stores.ledger import Usage
 
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
 # The generated text and tool arguments inside chunks, for the estimate when no usage comes.
 _STREAMED_TEXT = re.compile(rb'"(?:content|arguments|delta|text)":"((?:[^"\\]|\\.)*)"')
 _RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
@@ -52,7 +51,7 @@ def scrub_usage(usage: Any) -> bool:
 
 def streamed_text_bytes(data: bytes) -> int:
     """Bytes of generated text and tool arguments in `data` (an answer or stream events)."""
-    return sum(len(match.group(1)) for match in _STREAMED_TEXT.finditer(data))
+    return sum(map(len, _STREAMED_TEXT.findall(data)))
 
 
 def estimate(prompt_estimate: int, streamed_bytes: int = 0) -> Usage:
@@ -95,8 +94,17 @@ class StreamMeter:
         return tail
 
     def _rewrite(self, ready: bytes) -> bytes:
-        # Only the events that mention usage are parsed; the rest pass as they came.
-        return b"".join(self._inspect(event) if b'"usage"' in event else event for event in _split_events(ready))
+        # Only the events that mention usage are cut out and parsed; the rest pass as they came.
+        parts: list[bytes] = []
+        done = 0
+        found = ready.find(b'"usage"')
+        while found != -1:
+            begin, end = _event_around(ready, found)
+            parts += (ready[done:begin], self._inspect(ready[begin:end]))
+            done = end
+            found = ready.find(b'"usage"', end)
+        parts.append(ready[done:])
+        return b"".join(parts)
 
     def _inspect(self, event: bytes) -> bytes:
         data = _event_data(event)
@@ -142,15 +150,12 @@ def _last_event_end(data: bytes) -> int:
     return end + 2 if end >= 0 else 0
 
 
-def _split_events(ready: bytes) -> list[bytes]:
-    events: list[bytes] = []
-    start = 0
-    for match in _EVENT_END.finditer(ready):
-        events.append(ready[start : match.end()])
-        start = match.end()
-    if start < len(ready):
-        events.append(ready[start:])
-    return events
+def _event_around(data: bytes, at: int) -> tuple[int, int]:
+    """The bounds of the SSE event holding byte `at` (events end with a blank line, LF or CRLF)."""
+    lf, crlf = data.rfind(b"\n\n", 0, at), data.rfind(b"\r\n\r\n", 0, at)
+    begin = max(lf + 2 if lf != -1 else 0, crlf + 4 if crlf != -1 else 0)
+    ends = [end + size for end, size in ((data.find(b"\n\n", at), 2), (data.find(b"\r\n\r\n", at), 4)) if end != -1]
+    return begin, min(ends) if ends else len(data)
 
 
 def _event_data(event: bytes) -> bytes | None:
