@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from agent_gateway.errors import GatewayError, render_error
-from agent_gateway.types import Headers, Send
+from agent_gateway.errors import BadRequest, BodyTooLarge, GatewayError, render_error
+from agent_gateway.types import Headers, Receive, Send
 
 JSON = b"application/json"
 
@@ -24,3 +24,22 @@ async def send_json(send: Send, status: int, payload: object, headers: Headers |
 async def send_error(send: Send, error: GatewayError, request_id: str, extra: Headers | None = None) -> None:
     status, headers, body = render_error(error, request_id)
     await send_bytes(send, status, headers + (extra or []), body)
+
+
+async def read_body(receive: Receive, cap: int, content_length: bytes | None) -> bytes:
+    """The whole request body; 413 as soon as it (or its declared length) passes `cap` bytes."""
+    if content_length is not None and content_length.isdigit() and int(content_length) > cap:
+        raise BodyTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("The client went away before sending the whole body.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)  # one chunk: the same object back, no copy

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from agent_gateway.asgi import send_bytes, send_error, send_json
+from agent_gateway.asgi import read_body, send_bytes, send_error, send_json
 from agent_gateway.cache import ResponseCache
 from agent_gateway.context import RequestContext
 from agent_gateway.errors import BadRequest, BodyTooLarge, GatewayError, MethodNotAllowed, NotFound, UpstreamError
@@ -25,7 +25,6 @@ from agent_gateway.passthrough import (
     ServiceProxy,
     UpstreamCall,
     forwarded_headers,
-    read_capped,
     split_path,
 )
 from agent_gateway.policies import Policy, run_policies
@@ -181,8 +180,7 @@ class FrontendRoutes:
                 raise BodyTooLarge()
             call.stream_body = CappedUpload(ctx.receive, self.max_upload_bytes)
         elif call.method in ("POST", "PUT", "PATCH"):
-            size = int(declared) if declared is not None and declared.isdigit() else None
-            call.body = await read_capped(ctx.receive, self.max_body_bytes, size)
+            call.body = await read_body(ctx.receive, self.max_body_bytes, declared)
         verdict = Verdict()
         if service == "letta":
             assert self.letta is not None

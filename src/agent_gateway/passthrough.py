@@ -153,24 +153,6 @@ def forwarded_headers(headers: Headers) -> dict[str, str]:
     return {name.decode(): value.decode("latin-1") for name, value in headers if name in _REQUEST_HEADERS}
 
 
-async def read_capped(receive: Receive, cap: int, declared: int | None) -> bytes:
-    if declared is not None and declared > cap:
-        raise BodyTooLarge()
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BadRequest("The client went away before sending the whole body.")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > cap:
-            raise BodyTooLarge()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
 class CappedUpload:
     """The request body as it arrives, cut past `cap` bytes. aiohttp wraps what the body raises,
     so the refusal is kept here too, for the proxy to answer 413 rather than 502."""

@@ -58,7 +58,8 @@ def build_llm_routes(
         "/chat/completions": AgentRoute("chat", "POST", "/chat/completions", llm_chain),
         "/responses": AgentRoute("responses", "POST", "/responses", llm_chain),
         "/embeddings": AgentRoute("embeddings", "POST", "/embeddings", llm_chain),
-        "/models": AgentRoute("models", "GET", "/models", [jwt, ProfilePolicy(profiles)]),
+        # Served through the per-user cache, which checks the token first (frontend.py).
+        "/models": AgentRoute("models", "GET", "/models", [ProfilePolicy(profiles)]),
     }
 
 

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import orjson
 
+from agent_gateway.asgi import read_body
 from agent_gateway.context import RequestContext
-from agent_gateway.errors import BadRequest, BodyTooLarge, InvalidJSON
+from agent_gateway.errors import BadRequest, InvalidJSON
 
 # Completion tokens a request may produce, by the field each API names it with.
 _MAX_TOKEN_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
@@ -19,7 +20,7 @@ class BodyPolicy:
         self.default_reserve_tokens = default_reserve_tokens
 
     async def check(self, ctx: RequestContext) -> None:
-        ctx.body = await self._read(ctx)
+        ctx.body = await read_body(ctx.receive, self.max_bytes, ctx.header(b"content-length"))
         try:
             payload = orjson.loads(ctx.body)
         except orjson.JSONDecodeError:
@@ -47,21 +48,3 @@ class BodyPolicy:
         per_choice = limit if isinstance(limit, int) and limit >= 0 else self.default_reserve_tokens
         choices = payload.get("n")
         return per_choice * (choices if isinstance(choices, int) and choices > 0 else 1)
-
-    async def _read(self, ctx: RequestContext) -> bytes:
-        declared = ctx.header(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            raise BodyTooLarge()
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await ctx.receive()
-            if message["type"] == "http.disconnect":
-                raise BadRequest("The client went away before sending the whole body.")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise BodyTooLarge()
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
