@@ -27,7 +27,7 @@ lint: $(STAMP)
 
 test: $(STAMP) services lint
 	rm -f .coverage .coverage.*
-	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage run -m pytest -n 2 --dist loadgroup
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report --fail-under=85
 

@@ -57,6 +57,7 @@ GATEWAY_VARS = frozenset(
         "RATE_LIMIT_GENERAL",
         "RATE_LIMIT_AGENT",
         "RATE_LIMIT_AGENT_TOKENS",
+        "MAX_CONCURRENT_PER_USER",
         "DEFAULT_RESERVE_TOKENS",
         "LIMITS_FAIL_MODE",
         "STREAM_DRAIN_SECONDS",
@@ -257,6 +258,8 @@ def gateway_env(base: dict[str, str], upstream: Server, db: Path, port: int, red
         LOG_LEVEL="WARNING",
         # The in-process limiter runs on every request, with a limit the bench never reaches.
         RATE_LIMIT_AGENT="1000000000/minute",
+        # One bench user makes every call: its in-flight cap counts them all but never refuses.
+        MAX_CONCURRENT_PER_USER="1000000",
         SHUTDOWN_GRACE_SECONDS="3",
     )
     if redis_url:
@@ -264,8 +267,11 @@ def gateway_env(base: dict[str, str], upstream: Server, db: Path, port: int, red
     return env
 
 
-def start_gateway(procs: Processes, name: str, upstream: Server, redis_url: str | None, budget: bool) -> Server:
-    binary = Path(PYTHON).parent / "agent-gateway"
+def start_gateway(
+    procs: Processes, name: str, upstream: Server, redis_url: str | None, budget: bool, checkout: Path | None = None
+) -> Server:
+    """`agent-gateway serve` of this checkout, or of another `checkout` (with its own .venv)."""
+    binary = (checkout / ".venv" / "bin" if checkout else Path(PYTHON).parent) / "agent-gateway"
     if not binary.exists():
         raise RuntimeError(f"{binary} not found: install the gateway, or run with --compare reference")
     home = procs.workdir / name

@@ -133,6 +133,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--budget", action="store_true", help="give the bench user a token limit and monthly limit")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkout (with its .venv) whose gateway runs beside, as gateway@<its name>; repeatable",
+    )
     parser.add_argument("--json", type=Path, help="also write every measurement as JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, wrk output, databases)")
     return parser.parse_args(argv)
@@ -184,6 +191,9 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
             other = start_gateway(procs, "gateway", upstream, None, args.budget)
         else:
             other = start_reference(procs, "reference#2", upstream)
+        baselines = [
+            start_gateway(procs, f"gateway@{path.name}", upstream, None, args.budget, path) for path in args.baseline
+        ]
         extra: Server | None = None
         redis: Watched | None = None
         if args.redis:
@@ -201,7 +211,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
 
         results: list[Measurement] = []
         for scenario in scenarios:
-            targets = [reference, other]
+            targets = [reference, other, *baselines]
             if extra is not None and scenario.key in REDIS_SCENARIOS:
                 targets.append(extra)
             for server in targets:

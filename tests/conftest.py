@@ -4,6 +4,7 @@ HTTP, the `openai` SDK as the client, and the real Redis and PostgreSQL servers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import socket
@@ -22,11 +23,16 @@ import redis
 import sqlalchemy as sa
 from openai import AsyncOpenAI, OpenAI
 
+from agent_gateway.domain import Profile
 from agent_gateway.stores.database import Database
-from agent_gateway.stores.profiles import Profile, ProfileStore
+from agent_gateway.stores.key_cipher import KeyCipher
+from agent_gateway.stores.profiles import ProfileStore
 from tests.fakes.litellm import FakeLiteLLM
 
 SECRET = "test-agent-secret-7f3a9c"
+TOKEN_KEY = "test-agent-token-key-51c0e8"  # derives the per-user agent tokens: not the agent secret
+SEAL_KEY = base64.urlsafe_b64encode(b"agent-gateway-test-sealing-key!!").decode()  # KEY_ENCRYPTION_KEY
+SEALED = KeyCipher((SEAL_KEY.encode(),))  # how the test gateways store keys
 USER_KEY_PREFIX = "sk-user-key-"
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -108,7 +114,7 @@ async def add_profile(database_url: str, user_id: str, **fields: Any) -> Profile
     database = Database(database_url)
     try:
         await database.start()
-        await ProfileStore(database).add(profile)
+        await ProfileStore(database, SEALED).add(profile)
     finally:
         await database.close()
     return profile
@@ -162,15 +168,18 @@ def litellm() -> Iterator[FakeLiteLLM]:
 
 
 @pytest.fixture(scope="session")
-def gateway_factory(
+def launch_gateway(
     litellm: FakeLiteLLM, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., GatewayProcess]]:
+    """Starts gateways that live for the session (shared by a module's tests)."""
     started: list[GatewayProcess] = []
 
     def start(**env: str) -> GatewayProcess:
         workdir = tmp_path_factory.mktemp("gateway")
         base = {
             "AGENT_SECRET_KEY": SECRET,
+            "AGENT_TOKEN_KEY": TOKEN_KEY,
+            "KEY_ENCRYPTION_KEY": SEAL_KEY,
             "LITELLM_BASE_URL": litellm.url,
             "DATABASE_URL": f"sqlite:///{workdir}/gateway.db",
             "LOG_LEVEL": "INFO",
@@ -181,15 +190,35 @@ def gateway_factory(
         return process
 
     yield start
-    for process in started:
-        if process.process is not None and process.process.poll() is None:
-            process.terminate()
+    stop_all(started)
+
+
+@pytest.fixture
+def gateway_factory(launch_gateway: Callable[..., GatewayProcess]) -> Iterator[Callable[..., GatewayProcess]]:
+    """Starts gateways for one test, stopped when it ends (so no idle process competes for the CPU)."""
+    started: list[GatewayProcess] = []
+
+    def start(**env: str) -> GatewayProcess:
+        started.append(launch_gateway(**env))
+        return started[-1]
+
+    yield start
+    stop_all(started)
+
+
+def stop_all(gateways: list[GatewayProcess]) -> None:
+    running = [gw for gw in gateways if gw.process is not None and gw.process.poll() is None]
+    for gw in running:  # all at once: each drains on its own
+        assert gw.process is not None
+        gw.process.send_signal(signal.SIGTERM)
+    for gw in running:
+        gw.terminate()
 
 
 @pytest.fixture(scope="session")
-def gateway(gateway_factory: Callable[..., GatewayProcess]) -> GatewayProcess:
+def gateway(launch_gateway: Callable[..., GatewayProcess]) -> GatewayProcess:
     """The gateway on embedded defaults (SQLite, in-process limits)."""
-    return gateway_factory()
+    return launch_gateway()
 
 
 @pytest.fixture

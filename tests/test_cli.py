@@ -13,16 +13,18 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
+from agent_gateway.auth.agent_tokens import derive_token
 from agent_gateway.cli import main
+from agent_gateway.domain import Usage
 from agent_gateway.stores.database import Database
-from agent_gateway.stores.ledger import Ledger, LedgerEntry, Usage
+from agent_gateway.stores.ledger import Ledger, LedgerEntry
 from agent_gateway.stores.profile_cache import INVALIDATION_CHANNEL
-from agent_gateway.tokens import derive_token
 from tests.conftest import settings_variables
 
 KEY = "sk-alice-0123456789abcdef"
 OTHER_KEY = "sk-rotated-fedcba9876543210"
 SECRET = "cli-test-secret-3d9f"
+TOKEN_KEY = "cli-test-token-key-81ab"
 
 
 @pytest.fixture(autouse=True)
@@ -208,19 +210,26 @@ def test_full_key_never_appears_in_any_output(cli: Cli) -> None:
 
 
 def test_token_prints_the_derived_token_alone(cli: Cli) -> None:
-    result = cli("token", "alice", AGENT_SECRET_KEY=f"{SECRET},old-secret")
+    result = cli("token", "alice", AGENT_TOKEN_KEY=f"{TOKEN_KEY},old-key", AGENT_SECRET_KEY=SECRET)
     assert result.exit_code == 0
-    assert result.stdout == derive_token(SECRET.encode(), "alice") + "\n"
+    assert result.stdout == derive_token(TOKEN_KEY.encode(), "alice", 1) + "\n"
     assert result.stderr == ""
-    assert SECRET not in result.output
+    assert TOKEN_KEY not in result.output and SECRET not in result.output
+    assert cli.ok("token", "bob", AGENT_TOKEN_KEY=TOKEN_KEY) != result.stdout  # a token opens one user only
+    # One identity per user: a UUID in any spelling is the same user, and the same token.
+    upper = cli.ok("token", "6F9619FF-8B86-D011-B42D-00C04FC964FF", AGENT_TOKEN_KEY=TOKEN_KEY)
+    assert upper == cli.ok("token", "6f9619ff8b86d011b42d00c04fc964ff", AGENT_TOKEN_KEY=TOKEN_KEY)
 
-    aliased = cli("token", "alice", AGENT_SECRET_MASTER_KEY=SECRET)
-    assert aliased.stdout == result.stdout
-    assert cli.ok("token", "bob", AGENT_SECRET_KEY=SECRET) != result.stdout  # a token opens one user only
+
+def test_revoking_issues_a_new_version(cli: Cli) -> None:
+    first = cli.ok("token", "alice", AGENT_TOKEN_KEY=TOKEN_KEY)
+    renewed = cli.ok("token", "alice", "--revoke", AGENT_TOKEN_KEY=TOKEN_KEY)
+    assert renewed != first and renewed.startswith("agt2.2.")
+    assert cli.ok("token", "alice", AGENT_TOKEN_KEY=TOKEN_KEY) == renewed  # issued at the new version from now on
 
 
-def test_token_without_secret_fails(cli: Cli) -> None:
-    assert cli.fails("token", "alice", code=1) == "Error: AGENT_SECRET_KEY is not set"
+def test_token_without_its_key_fails(cli: Cli) -> None:
+    assert cli.fails("token", "alice", code=1, AGENT_SECRET_KEY=SECRET) == "Error: AGENT_TOKEN_KEY is not set"
 
 
 JANUARY = datetime(2024, 1, 15, 12, tzinfo=UTC)

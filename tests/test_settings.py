@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from agent_gateway.cli import main
-from agent_gateway.settings import ConfigError, Rate, load_settings
+from agent_gateway.domain import Rate
+from agent_gateway.settings import ConfigError, load_settings
 from tests.conftest import settings_variables
 
 SECRET = "s3cr3t-do-not-print-9b1e"
@@ -149,12 +151,25 @@ def test_empty_token_rate_means_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().rate_limit_agent_tokens is None
 
 
+STRONG = "q7Yv2LpX9sWm4TzR8nKc3HbJ6fDg1EaU"  # 32 random characters
+SEAL = "nZ5uD0h8XGmB1hE2a3LkqvR7o9Ww4yTcJfPzS6bUeIs="  # a Fernet key for KEY_ENCRYPTION_KEY
+
+
 def test_production_with_secret_and_origins_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENVIRONMENT", "Production")
-    monkeypatch.setenv("AGENT_SECRET_KEY", SECRET)
+    monkeypatch.setenv("AGENT_SECRET_KEY", STRONG)
     monkeypatch.setenv("ALLOWED_ORIGINS", "https://app.example.com")
+    monkeypatch.setenv("KEY_ENCRYPTION_KEY", SEAL)
     settings = load_settings()
     assert settings.is_production
+
+
+def test_production_stores_keys_only_sealed(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"ENVIRONMENT": "production", "AGENT_SECRET_KEY": STRONG, "ALLOWED_ORIGINS": "https://app.example.com"}
+    message = config_error(**env)
+    assert message == "KEY_ENCRYPTION_KEY: required when ENVIRONMENT=production and the gateway stores keys"
+    message = config_error(**env, KEY_ENCRYPTION_KEY=SECRET)
+    assert message.startswith("KEY_ENCRYPTION_KEY: ") and SECRET not in message
 
 
 def test_workers_with_redis_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,8 +193,17 @@ def test_workers_with_redis_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None
         ({"RATE_LIMIT_AGENT": "5/fortnight"}, "RATE_LIMIT_AGENT"),
         ({"RATE_LIMIT_AGENT": ""}, "RATE_LIMIT_AGENT"),
         ({"RATE_LIMIT_GENERAL": "lots"}, "RATE_LIMIT_GENERAL"),
-        ({"ENVIRONMENT": "production"}, "AGENT_SECRET_KEY"),
-        ({"ENVIRONMENT": "production", "AGENT_SECRET_KEY": SECRET, "ALLOWED_ORIGINS": "*"}, "ALLOWED_ORIGINS"),
+        ({"ENVIRONMENT": "production", "KEY_ENCRYPTION_KEY": SEAL}, "AGENT_SECRET_KEY"),
+        (
+            {
+                "ENVIRONMENT": "production",
+                "AGENT_SECRET_KEY": STRONG,
+                "ALLOWED_ORIGINS": "*",
+                "KEY_ENCRYPTION_KEY": SEAL,
+            },
+            "ALLOWED_ORIGINS",
+        ),
+        ({"KEY_ENCRYPTION_KEY": "not a fernet key"}, "KEY_ENCRYPTION_KEY"),
         ({"WORKERS": "2"}, "WORKERS"),
         ({"WORKERS": "0"}, "WORKERS"),
         ({"PORT": "eighty"}, "PORT"),
@@ -214,14 +238,14 @@ def test_every_mistake_gets_its_own_line() -> None:
 def test_every_inconsistency_gets_its_own_line() -> None:
     message = config_error(ENVIRONMENT="production", ALLOWED_ORIGINS="*", WORKERS="3")
     variables = [line.split(":", 1)[0] for line in message.splitlines()]
-    assert variables == ["AGENT_SECRET_KEY", "ALLOWED_ORIGINS", "WORKERS"]
+    assert variables == ["AGENT_SECRET_KEY", "ALLOWED_ORIGINS", "KEY_ENCRYPTION_KEY", "WORKERS"]
 
 
 @pytest.mark.parametrize(
     "env",
     [
         {"AGENT_SECRET_KEY": SECRET, "LITELLM_BASE_URL": "bad url", "RATE_LIMIT_AGENT": "5/fortnight"},
-        {"AGENT_SECRET_KEY": SECRET, "ENVIRONMENT": "production", "ALLOWED_ORIGINS": "*", "WORKERS": "2"},
+        {"AGENT_SECRET_KEY": STRONG, "ENVIRONMENT": "production", "ALLOWED_ORIGINS": "*", "WORKERS": "2"},
         {"AGENT_SECRET_MASTER_KEY": SECRET, "PORT": "nope"},
         {"DATABASE_URL": f"mysql://gw:{SECRET}@db/gateway"},
         {"REDIS_URL": f"redis://:{SECRET}@", "WORKERS": "2"},
@@ -271,6 +295,51 @@ def test_serve_names_every_mistake_on_its_own_line(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         "Error: configuration: AGENT_SECRET_KEY: required when ENVIRONMENT=production",
         "Error: configuration: ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production",
+        "Error: configuration: KEY_ENCRYPTION_KEY: required when ENVIRONMENT=production and the gateway stores keys",
         "Error: configuration: WORKERS: more than 1 needs REDIS_URL, else every limit is multiplied by the workers",
     ]
     assert SECRET not in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AGENT_SECRET_KEY", "change-me-agent-secret"),
+        ("AGENT_SECRET_KEY", "x"),
+        ("AGENT_SECRET_KEY", "a" * 48),  # long, but no randomness in it
+        ("AGENT_TOKEN_KEY", "short-token-key"),
+        ("ADMIN_API_KEY", "your-admin-key-goes-here-0123456789"),
+        ("ADMIN_API_KEY", "CHANGE_ME_admin_key_for_the_gateway_1"),
+        ("AGENT_SECRET_KEY", "0123456789abcdefghijklmnopqrstuvwxyz"),  # a run, not a secret
+        ("AGENT_SECRET_KEY", "correct horse battery staple"),
+        ("SUPABASE_JWT_SECRET", "super-secret-jwt-token"),
+    ],
+)
+def test_production_refuses_placeholder_and_weak_secrets(name: str, value: str) -> None:
+    env = {"ENVIRONMENT": "production", "AGENT_SECRET_KEY": STRONG, "KEY_ENCRYPTION_KEY": SEAL, name: value}
+    message = config_error(**env)
+    assert message.splitlines() == [f"{name}: a placeholder or weak value; production needs 32+ random characters"]
+    assert value not in message
+
+
+def test_environment_is_one_of_a_fixed_set() -> None:
+    assert config_error(ENVIRONMENT="prod").startswith("ENVIRONMENT: ")
+    assert load_settings(environment="Staging").environment == "staging"
+
+
+def test_production_refuses_a_made_up_key_encryption_key() -> None:
+    made_up = base64.urlsafe_b64encode(b"0123456789" * 3 + b"ab").decode()  # a valid Fernet key, no randomness
+    message = config_error(ENVIRONMENT="production", AGENT_SECRET_KEY=STRONG, KEY_ENCRYPTION_KEY=made_up)
+    assert message == "KEY_ENCRYPTION_KEY: not from a random source; make one with agent-gateway keys new"
+    assert load_settings(key_encryption_key=made_up).key_encryption_keys  # outside production it is the user's call
+
+
+def test_the_token_key_is_never_the_agent_secret() -> None:
+    message = config_error(AGENT_SECRET_KEY=f"old,{STRONG}", AGENT_TOKEN_KEY=STRONG)
+    assert message == "AGENT_TOKEN_KEY: must differ from AGENT_SECRET_KEY, else the secret mints every token"
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_admin_key_means_no_admin_key(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("ADMIN_API_KEY", value)
+    assert load_settings().admin_api_key is None

@@ -7,20 +7,24 @@ with one line on stderr. Keys are shown masked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
 import sqlalchemy.exc
 
+from agent_gateway.auth.agent_tokens import derive_token
+from agent_gateway.domain import USER_ID, USER_ID_PATTERN, Profile, canonical_user_id, mask_key, this_month
 from agent_gateway.settings import ConfigError, Settings, load_settings
 from agent_gateway.stores.database import Database
+from agent_gateway.stores.key_cipher import KeyCipher, KeyUnreadable, new_key
 from agent_gateway.stores.ledger import Ledger
-from agent_gateway.stores.profiles import USER_ID, Profile, ProfileStore, mask_key
-from agent_gateway.tokens import derive_token
+from agent_gateway.stores.profiles import ProfileStore
+from agent_gateway.stores.token_versions import TokenVersions
 
 T = TypeVar("T")
 
@@ -34,8 +38,8 @@ def _settings() -> Settings:
 
 def _user_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is not None and not USER_ID.match(value):
-        raise click.BadParameter("must match ^[A-Za-z0-9_-]{1,128}$")
-    return value
+        raise click.BadParameter(f"must match {USER_ID_PATTERN}")
+    return canonical_user_id(value) if value is not None else None
 
 
 def _models(_ctx: click.Context, _param: click.Parameter, value: str | None) -> frozenset[str] | None:
@@ -60,6 +64,8 @@ def _run(work: Callable[[Settings, Database], Coroutine[Any, Any, T]]) -> T:
 
     try:
         return asyncio.run(main())
+    except KeyUnreadable as exc:
+        raise click.ClickException(str(exc)) from None
     except (OSError, ConnectionError) as exc:
         raise click.ClickException(f"database: {type(exc).__name__}: cannot reach DATABASE_URL") from None
     except sqlalchemy.exc.DBAPIError as exc:
@@ -68,11 +74,15 @@ def _run(work: Callable[[Settings, Database], Coroutine[Any, Any, T]]) -> T:
         raise click.ClickException(f"database: {reason}") from None
 
 
+def _profiles(settings: Settings, database: Database) -> ProfileStore:
+    return ProfileStore(database, KeyCipher(settings.key_encryption_keys))
+
+
 async def _announce(settings: Settings, user_id: str) -> None:
     """Tell running gateways (through Redis) to drop their cached profile of `user_id`."""
     if not settings.redis_url:
         return
-    from agent_gateway.app import connect_redis  # the server's modules load only when there is Redis to tell
+    from agent_gateway.limits.redis import connect_redis  # loaded only when there is Redis to tell
     from agent_gateway.stores.profile_cache import publish_change
 
     redis = connect_redis(settings, timeout=2.0)
@@ -113,11 +123,11 @@ def main() -> None:
 
 
 @main.command()
-def serve() -> None:
+def serve() -> int:
     """Serve on HOST:PORT (default 127.0.0.1:8000)."""
     from agent_gateway.server import serve as run_server
 
-    run_server(_settings())
+    return run_server(_settings())
 
 
 @main.group()
@@ -135,7 +145,7 @@ def users_add(user_id: str, litellm_key: str, allowed_models: frozenset[str] | N
     profile = Profile(user_id, litellm_key, allowed_models, monthly_limit)
 
     async def add(settings: Settings, database: Database) -> bool:
-        added = await ProfileStore(database).add(profile)
+        added = await _profiles(settings, database).add(profile)
         if added:
             await _announce(settings, user_id)
         return added
@@ -176,7 +186,7 @@ def users_set(
         raise click.UsageError("nothing to change")
 
     async def update(settings: Settings, database: Database) -> bool:
-        updated = await ProfileStore(database).update(user_id, **changes)
+        updated = await _profiles(settings, database).update(user_id, **changes)
         if updated:
             await _announce(settings, user_id)
         return updated
@@ -192,7 +202,7 @@ def users_remove(user_id: str) -> None:
     """Remove USER_ID (its ledger rows stay)."""
 
     async def remove(settings: Settings, database: Database) -> bool:
-        removed = await ProfileStore(database).remove(user_id)
+        removed = await _profiles(settings, database).remove(user_id)
         if removed:
             await _announce(settings, user_id)
         return removed
@@ -206,8 +216,8 @@ def users_remove(user_id: str) -> None:
 def users_list() -> None:
     """All users, keys masked."""
 
-    async def fetch(_settings: Settings, database: Database) -> list[Profile]:
-        return await ProfileStore(database).list()
+    async def fetch(settings: Settings, database: Database) -> list[Profile]:
+        return await _profiles(settings, database).list()
 
     _table(["user", "litellm key", "allowed models", "monthly limit"], [_profile_row(p) for p in _run(fetch)])
 
@@ -217,8 +227,8 @@ def users_list() -> None:
 def users_show(user_id: str) -> None:
     """One user, key masked."""
 
-    async def fetch(_settings: Settings, database: Database) -> Profile | None:
-        return await ProfileStore(database).get(user_id)
+    async def fetch(settings: Settings, database: Database) -> Profile | None:
+        return await _profiles(settings, database).get(user_id)
 
     profile = _run(fetch)
     if profile is None:
@@ -232,17 +242,50 @@ def users_show(user_id: str) -> None:
 
 @main.command()
 @click.argument("user_id", callback=_user_id)
-def token(user_id: str) -> None:
-    """Print USER_ID's derived agent token (opens that user only)."""
-    secrets = _settings().agent_secrets
-    if not secrets:
-        raise click.ClickException("AGENT_SECRET_KEY is not set")
-    click.echo(derive_token(secrets[0], user_id))
+@click.option("--revoke", is_flag=True, help="Refuse every token issued so far; print a new one.")
+def token(user_id: str, revoke: bool) -> None:
+    """Print USER_ID's agent token (it opens that user only; AGENT_TOKEN_KEY derives it)."""
+    keys = _settings().token_keys
+    if not keys:
+        raise click.ClickException("AGENT_TOKEN_KEY is not set")
+
+    async def version(settings: Settings, database: Database) -> int:
+        versions = TokenVersions(database)
+        if not revoke:
+            return await versions.issuing(user_id)
+        issued = await versions.revoke(user_id)
+        await _announce(settings, user_id)
+        return issued
+
+    click.echo(derive_token(keys[0], user_id, _run(version)))
+
+
+@main.group()
+def keys() -> None:
+    """The key that seals stored LiteLLM keys (KEY_ENCRYPTION_KEY): make one, roll to a new one."""
+
+
+@keys.command("new")
+def keys_new() -> None:
+    """Print a new KEY_ENCRYPTION_KEY value."""
+    click.echo(new_key())
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Seal every stored LiteLLM key under the first KEY_ENCRYPTION_KEY (plain ones too)."""
+    if not _settings().key_encryption_key:
+        raise click.ClickException("KEY_ENCRYPTION_KEY is not set")
+
+    async def reseal(settings: Settings, database: Database) -> int:
+        return await _profiles(settings, database).reseal_keys()
+
+    click.echo(f"resealed {_run(reseal)} keys")
 
 
 @main.command()
 @click.option("--user", "user_id", callback=_user_id, help="One user; default all.")
-@click.option("--month", default=lambda: datetime.now(UTC).strftime("%Y-%m"), help="YYYY-MM (UTC); default now.")
+@click.option("--month", default=this_month, help="YYYY-MM (UTC); default now.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 def usage(user_id: str | None, month: str, as_json: bool) -> None:
     """Token usage per user for a month, from the ledger."""
@@ -268,27 +311,37 @@ def usage(user_id: str | None, month: str, as_json: bool) -> None:
 @main.command()
 def check() -> None:
     """Validate the configuration and reach every configured dependency."""
-    from agent_gateway.app import Gateway
-    from agent_gateway.health import check_health
+    from agent_gateway.app import Platform
 
-    gateway = Gateway(_settings())
+    settings = _settings()
+    platform = Platform(settings)
 
     async def run() -> dict[str, Any]:
-        await gateway.database.start()
-        await gateway.litellm.start()
         try:
-            return await check_health(gateway)
+            with contextlib.suppress(Exception):  # its own probe below says why, in one line
+                await platform.database.start()
+            for client in platform.clients:  # every client it probes, as the server starts them
+                await client.start()
+            return await platform.health_checks().report()
         finally:
-            await gateway.litellm.close()
-            await gateway.database.close()
-            if gateway.redis is not None:
-                await gateway.redis.aclose()
+            for client in platform.clients:
+                await client.close()
+            if platform.redis is not None:
+                await platform.redis.aclose()
+            await platform.database.close()
 
     report = asyncio.run(run())
     for name, result in report["checks"].items():
         click.echo(f"{name:10}{result['status']:16}{result.get('reason', '')}")
-    if report["status"] != "ok":
-        raise click.ClickException("a dependency is not ok")
+    secret = bool(settings.agent_secret_key or settings.agent_token_key)
+    if not secret:
+        click.echo(f"{'agents':10}{'missing':16}AGENT_SECRET_KEY is not set: every agent call would be refused (401)")
+    problems = [
+        *(["a dependency is not ok"] if report["status"] != "ok" else []),
+        *([] if secret else ["no agent secret"]),
+    ]
+    if problems:
+        raise click.ClickException("; ".join(problems))
 
 
 def _profile_row(profile: Profile) -> list[Any]:

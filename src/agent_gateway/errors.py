@@ -1,19 +1,22 @@
 """Every refusal the gateway makes, rendered in OpenAI's error shape (SPEC §8).
 
 GatewayError
-├── BadRequest (400)            InvalidPath, InvalidJSON
+├── BadRequest (400)            InvalidPath, InvalidJSON, AlreadyExists
 ├── InvalidSecret (401)
 ├── Forbidden (403)             UserNotFound, ModelNotAllowed, UpstreamKeyRejected
 ├── NotFound (404)
 ├── MethodNotAllowed (405)
+├── RequestTimeout (408)
 ├── BodyTooLarge (413)
-├── RateLimited (429)           BudgetExceeded
+├── HeadersTooLarge (431)
+├── RateLimited (429)           BudgetExceeded, TooManyInFlight
 ├── ServerError (500)
 ├── UpstreamError (502)
 ├── ServiceUnavailable (503)    Overloaded, CircuitOpen, LimitsUnavailable
 └── UpstreamTimeout (504)
 
-A policy raises one; `render_error` turns it into status, headers and body in one place.
+Handlers and policies raise one; the dispatcher turns it into an answer with `render_error`,
+in one place, and after a stream's first byte the pump says it with `sse_error_event`.
 """
 
 from __future__ import annotations
@@ -34,10 +37,8 @@ class GatewayError(Exception):
         super().__init__(message or self.message)
         self.param = param
         self.headers: dict[str, str] = {}
-
-    @property
-    def text(self) -> str:
-        return str(self)
+        # The upstream could not even be reached: its breaker counts this for everybody.
+        self.service_fault = False
 
 
 class BadRequest(GatewayError):
@@ -55,6 +56,12 @@ class InvalidPath(BadRequest):
 class InvalidJSON(BadRequest):
     code = "invalid_json"
     message = "The body must be a JSON object."
+
+
+class AlreadyExists(BadRequest):
+    # Letta's own 409 carries its SQL statement and ids; the user learns only that the name is taken.
+    code = "already_exists"
+    message = "An object with this name exists already; names are unique across the platform."
 
 
 class InvalidSecret(GatewayError):
@@ -106,11 +113,29 @@ class MethodNotAllowed(GatewayError):
     message = "Method not allowed on this route."
 
 
+class RequestTimeout(GatewayError):
+    status_code = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    message = "The request did not arrive in time."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message)
+        self.headers["Connection"] = "close"  # the rest of the body is not waited for
+
+
 class BodyTooLarge(GatewayError):
     status_code = 413
     type = "invalid_request_error"
     code = "body_too_large"
     message = "The request body is too large."
+
+
+class HeadersTooLarge(GatewayError):
+    status_code = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+    message = "The request's headers are too large."
 
 
 class RateLimited(GatewayError):
@@ -139,6 +164,11 @@ class BudgetExceeded(RateLimited):
         self.headers["x-should-retry"] = "false"
 
 
+class TooManyInFlight(RateLimited):
+    code = "concurrency_limit_exceeded"
+    message = "Too many calls of this user in flight."
+
+
 class ServerError(GatewayError):
     pass
 
@@ -148,6 +178,11 @@ class UpstreamError(GatewayError):
     type = "upstream_error"
     code = "upstream_error"
     message = "The upstream service could not be reached or broke the protocol."
+
+
+class UpstreamInvalid(UpstreamError):
+    code = "upstream_invalid"
+    message = "The upstream service answered with something that is not the protocol's."
 
 
 class ServiceUnavailable(GatewayError):
@@ -176,6 +211,15 @@ class LimitsUnavailable(ServiceUnavailable):
     message = "Limits cannot be checked right now."
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+    message = "The usage database cannot be reached right now."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message)
+        self.headers["Retry-After"] = "5"
+
+
 class UpstreamTimeout(GatewayError):
     status_code = 504
     type = "upstream_timeout"
@@ -187,7 +231,7 @@ def error_body(error: GatewayError, request_id: str) -> bytes:
     return orjson.dumps(
         {
             "error": {
-                "message": error.text,
+                "message": str(error),
                 "type": error.type,
                 "code": error.code,
                 "param": error.param,

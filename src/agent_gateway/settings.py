@@ -6,11 +6,13 @@ malformed secret cannot leak through an error message.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import base64
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from cryptography.fernet import Fernet
 from pydantic import (
     AliasChoices,
     Field,
@@ -22,34 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
-_RATE = re.compile(r"^\s*(\d+)\s*(?:/\s*([a-z]+?)s?)?\s*$")
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """`limit` events per `period` seconds, e.g. `100/minute`."""
-
-    limit: int
-    period: float
-    text: str
-
-    @classmethod
-    def parse(cls, text: str) -> Rate:
-        match = _RATE.match(text.lower())
-        if not match:
-            raise ValueError("expected N/second|minute|hour|day")
-        unit = match.group(2) or "minute"
-        if unit not in _UNITS:
-            raise ValueError(f"unknown unit {unit!r}; use second, minute, hour or day")
-        limit = int(match.group(1))
-        if limit < 1:
-            raise ValueError("the limit must be at least 1")
-        return cls(limit, _UNITS[unit], f"{limit}/{unit}")
-
-    @property
-    def window(self) -> int:
-        return int(self.period)
+from agent_gateway.domain import Rate
 
 
 def _split(value: Any) -> tuple[str, ...]:
@@ -81,6 +56,27 @@ def _check_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
 
 
 CSV = Annotated[tuple[str, ...], NoDecode]
+_PLACEHOLDERS = ("change-me", "changeme", "placeholder", "example", "your-", "secret-key", "xxxx", "password")
+# zxcvbn's guess count for a secret, log10: 30 is what 128 random bits (32 hex digits) score; runs,
+# repeats, keyboard walks and a few dictionary words score far below it.
+_MIN_GUESSES_LOG10 = 30
+
+
+def strong(secret: str) -> bool:
+    """32+ characters, as hard to guess as 128 random bits by zxcvbn's estimate, and no placeholder text."""
+    normal = secret.lower().replace("_", "-").replace(" ", "-")
+    if len(secret) < 32 or any(word in normal for word in _PLACEHOLDERS):
+        return False
+    from zxcvbn import zxcvbn  # only production checks need it; it loads word lists
+
+    return float(zxcvbn(secret)["guesses_log10"]) >= _MIN_GUESSES_LOG10
+
+
+def strong_key(fernet_key: str) -> bool:
+    """A Fernet key from a random source: 32 bytes show about 30 distinct values, a made-up one far fewer."""
+    return len(set(base64.urlsafe_b64decode(fernet_key))) >= 20
+
+
 HTTP = ("http", "https")
 
 
@@ -91,11 +87,19 @@ class Settings(BaseSettings):
         default=(), validation_alias=AliasChoices("AGENT_SECRET_KEY", "AGENT_SECRET_MASTER_KEY")
     )
     agent_tokens_only: bool = False
+    # Derives and verifies the per-user agent tokens; never the agent secret itself. Comma-separated
+    # for rotation: the first issues, all verify.
+    agent_token_key: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    # Where the bare agent secret is accepted from (Letta's addresses); unset: anywhere.
+    agent_allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    # Proxies whose X-Forwarded-For names the client (beyond SPEC §3); unset: the peer is the client.
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     litellm_base_url: str = "http://127.0.0.1:4000"
     litellm_master_key: SecretStr | None = None
     letta_base_url: str | None = None
     letta_api_key: SecretStr | None = None
     letta_ownership: Literal["tags", "ams"] = "tags"
+    letta_allowed_tools: CSV = ()
     public_base_url: str = "http://127.0.0.1:8000"
     ams_base_url: str | None = None
     supabase_url: str | None = None
@@ -104,11 +108,18 @@ class Settings(BaseSettings):
     )
     supabase_jwt_secret: SecretStr | None = None
     database_url: str = "sqlite:///./var/gateway.db"
+    # Seals the LiteLLM keys the gateway stores; comma-separated for rotation: the first seals, all open.
+    key_encryption_key: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    # Ledger rows the database cannot take wait here (JSON lines); default: beside the SQLite file, else var/.
+    ledger_outbox: Path | None = None
     redis_url: str | None = None
     redis_password: SecretStr | None = None
-    redis_timeout: float = Field(default=0.25, gt=0)
+    redis_timeout: float = Field(default=0.1, gt=0)
+    # Each instance says it lives this often; one silent for three beats has its reservations freed.
+    instance_heartbeat_seconds: float = Field(default=10.0, gt=0)
     allowed_origins: CSV = ()
     max_concurrent_requests: int = Field(default=1000, ge=1)
+    max_concurrent_per_user: int = Field(default=100, ge=1)
     request_timeout: float = Field(default=30.0, gt=0)
     llm_timeout: float = Field(default=600.0, gt=0)
     stream_idle_timeout: float = Field(default=120.0, gt=0)
@@ -120,25 +131,63 @@ class Settings(BaseSettings):
     stream_drain_seconds: float = Field(default=30.0, ge=0)
     stream_drain_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # Slow clients lose their slot: headers within HEADER_TIMEOUT and MAX_HEADER_BYTES (408, 431); a
+    # body within BODY_TIMEOUT, or longer while it arrives at MIN_BODY_RATE bytes a second (408).
+    header_timeout: float = Field(default=10.0, gt=0)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    body_timeout: float = Field(default=30.0, gt=0)
+    min_body_rate: int = Field(default=16 * 1024, ge=1)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
     admin_api_key: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    environment: str = "development"
+    environment: Literal["development", "test", "staging", "production"] = "development"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
 
-    @field_validator("agent_secret_key", mode="before")
+    @field_validator("agent_secret_key", "agent_token_key", mode="before")
     @classmethod
     def _secrets(cls, value: Any) -> tuple[str, ...]:
         return _split(value)
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("admin_api_key", "supabase_jwt_secret", mode="before")
     @classmethod
-    def _origins(cls, value: Any) -> tuple[str, ...]:
+    def _unset_when_empty(cls, value: Any) -> Any:
+        """`ADMIN_API_KEY=` left empty means no admin key, never an empty one that anybody can send."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("key_encryption_key", mode="before")
+    @classmethod
+    def _fernet_keys(cls, value: Any) -> tuple[str, ...]:
+        keys = _split(value)
+        for key in keys:
+            try:
+                Fernet(key)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    "expected Fernet keys, 32 url-safe base64 bytes each (agent-gateway keys new)"
+                ) from None
+        return keys
+
+    @field_validator("agent_allowed_networks", "trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> tuple[IPv4Network | IPv6Network, ...]:
+        try:
+            return tuple(ip_network(part, strict=False) for part in _split(value))
+        except ValueError:
+            raise ValueError("expected comma-separated CIDRs, e.g. 10.0.0.0/8,127.0.0.1/32") from None
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("allowed_origins", "letta_allowed_tools", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> tuple[str, ...]:
         return _split(value)
 
     @field_validator("rate_limit_general", "rate_limit_agent", "rate_limit_agent_tokens", mode="before")
@@ -184,8 +233,27 @@ class Settings(BaseSettings):
         if self.is_production:
             if not self.agent_secret_key:
                 mistakes.append("AGENT_SECRET_KEY: required when ENVIRONMENT=production")
+            for name, secrets in (
+                ("AGENT_SECRET_KEY", self.agent_secret_key),
+                ("AGENT_TOKEN_KEY", self.agent_token_key),
+                ("ADMIN_API_KEY", (self.admin_api_key,) if self.admin_api_key else ()),
+            ):
+                if any(not strong(secret.get_secret_value()) for secret in secrets):
+                    mistakes.append(f"{name}: a placeholder or weak value; production needs 32+ random characters")
+            if self.supabase_jwt_secret and not strong(self.supabase_jwt_secret.get_secret_value()):
+                mistakes.append(
+                    "SUPABASE_JWT_SECRET: a placeholder or weak value; production needs 32+ random characters"
+                )
+            if any(not strong_key(key.get_secret_value()) for key in self.key_encryption_key):
+                mistakes.append("KEY_ENCRYPTION_KEY: not from a random source; make one with agent-gateway keys new")
             if "*" in self.allowed_origins:
                 mistakes.append("ALLOWED_ORIGINS: '*' is refused when ENVIRONMENT=production")
+            if not self.key_encryption_key and not self.profiles_from_postgrest:
+                mistakes.append("KEY_ENCRYPTION_KEY: required when ENVIRONMENT=production and the gateway stores keys")
+        if {key.get_secret_value() for key in self.agent_token_key} & {
+            key.get_secret_value() for key in self.agent_secret_key
+        }:
+            mistakes.append("AGENT_TOKEN_KEY: must differ from AGENT_SECRET_KEY, else the secret mints every token")
         if self.workers > 1 and not self.redis_url:
             mistakes.append("WORKERS: more than 1 needs REDIS_URL, else every limit is multiplied by the workers")
         if mistakes:
@@ -193,8 +261,29 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def outbox_path(self) -> Path:
+        if self.ledger_outbox is not None:
+            return self.ledger_outbox.absolute()
+        if self.database_url.startswith("sqlite:///"):
+            return Path(self.database_url.removeprefix("sqlite:///") + ".outbox.jsonl").absolute()
+        return Path("var/ledger-outbox.jsonl").absolute()
+
+    @property
     def is_production(self) -> bool:
-        return self.environment.lower() == "production"
+        return self.environment == "production"
+
+    @property
+    def profiles_from_postgrest(self) -> bool:
+        """Profiles (and their keys) are the platform's, read through Supabase; else the gateway stores them."""
+        return self.supabase_url is not None and self.supabase_service_role_key is not None
+
+    @property
+    def key_encryption_keys(self) -> tuple[bytes, ...]:
+        return tuple(key.get_secret_value().encode() for key in self.key_encryption_key)
+
+    @property
+    def token_keys(self) -> tuple[bytes, ...]:
+        return tuple(key.get_secret_value().encode() for key in self.agent_token_key)
 
     @property
     def agent_secrets(self) -> tuple[bytes, ...]:

@@ -11,11 +11,10 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import jwt
 import pytest
 from aiohttp import web
@@ -24,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from agent_gateway.auth.jwt import JWTVerifier
-from agent_gateway.errors import InvalidSecret
+from agent_gateway.errors import InvalidSecret, ServiceUnavailable
+from agent_gateway.upstream.client import UpstreamClient
 
 SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 USER = "3f2b8a1c-5d4e-4f6a-9b7c-1e2d3f4a5b6c"
@@ -101,15 +101,27 @@ async def supabase(keys: dict[str, SigningKey]) -> AsyncIterator[FakeSupabase]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+Upstream = Callable[[str], Awaitable[UpstreamClient]]
 
 
 @pytest.fixture
-def verifier(supabase: FakeSupabase, session: aiohttp.ClientSession) -> JWTVerifier:
-    return JWTVerifier(supabase.url, SECRET, session)
+async def upstream() -> AsyncIterator[Upstream]:
+    """Supabase as the gateway reaches it: through the upstream boundary."""
+    started: list[UpstreamClient] = []
+
+    async def client(url: str) -> UpstreamClient:
+        started.append(UpstreamClient("supabase", url))
+        await started[-1].start()
+        return started[-1]
+
+    yield client
+    for client_ in started:
+        await client_.close()
+
+
+@pytest.fixture
+async def verifier(supabase: FakeSupabase, upstream: Upstream) -> JWTVerifier:
+    return JWTVerifier(await upstream(supabase.url), SECRET)
 
 
 def claims(supabase: FakeSupabase, **overrides: Any) -> dict[str, Any]:
@@ -206,8 +218,8 @@ async def test_issued_slightly_in_the_future_passes(
     assert await verifier.verify(mint(keys["ES256-a"], claims(supabase, iat=now + 20, nbf=now + 20))) == USER
 
 
-async def test_without_supabase_url_issuer_is_not_checked(session: aiohttp.ClientSession) -> None:
-    verifier = JWTVerifier(None, SECRET, session)
+async def test_without_supabase_url_issuer_is_not_checked(upstream: Upstream) -> None:
+    verifier = JWTVerifier(None, SECRET)
     payload = {"sub": USER, "aud": "authenticated", "role": "authenticated", "exp": int(time.time()) + 60}
     assert await verifier.verify(mint_hs256({**payload, "iss": "https://elsewhere.example/auth/v1"})) == USER
     assert await verifier.verify(mint_hs256(payload)) == USER
@@ -217,9 +229,9 @@ async def test_without_supabase_url_issuer_is_not_checked(session: aiohttp.Clien
 
 
 async def test_new_key_verifies_after_refetch_and_removed_key_stops(
-    supabase: FakeSupabase, session: aiohttp.ClientSession, keys: dict[str, SigningKey]
+    supabase: FakeSupabase, upstream: Upstream, keys: dict[str, SigningKey]
 ) -> None:
-    verifier = JWTVerifier(supabase.url, None, session, refetch_interval=0.2)
+    verifier = JWTVerifier(await upstream(supabase.url), None, refetch_interval=0.2)
     old, new, newer = keys["ES256-a"], keys["ES256-b"], keys["RS256-b"]
     assert await verifier.verify(mint(old, claims(supabase))) == USER
 
@@ -238,9 +250,9 @@ async def test_new_key_verifies_after_refetch_and_removed_key_stops(
 
 
 async def test_unknown_kids_refetch_at_most_once_per_interval(
-    supabase: FakeSupabase, session: aiohttp.ClientSession, keys: dict[str, SigningKey]
+    supabase: FakeSupabase, upstream: Upstream, keys: dict[str, SigningKey]
 ) -> None:
-    verifier = JWTVerifier(supabase.url, None, session, refetch_interval=30)
+    verifier = JWTVerifier(await upstream(supabase.url), None, refetch_interval=30)
     assert await verifier.verify(mint(keys["ES256-a"], claims(supabase))) == USER
     supabase.publish(keys["ES256-a"], keys["ES256-b"])
     # A flood of unknown kids (a new key, or junk) within the interval does not reach Supabase.
@@ -251,9 +263,9 @@ async def test_unknown_kids_refetch_at_most_once_per_interval(
 
 
 async def test_concurrent_unknown_kids_share_one_fetch(
-    supabase: FakeSupabase, session: aiohttp.ClientSession, keys: dict[str, SigningKey]
+    supabase: FakeSupabase, upstream: Upstream, keys: dict[str, SigningKey]
 ) -> None:
-    verifier = JWTVerifier(supabase.url, None, session)
+    verifier = JWTVerifier(await upstream(supabase.url), None)
     supabase.publish(*keys.values())
     supabase.delay = 0.1
     good = [mint(key, claims(supabase)) for key in keys.values()] * 5
@@ -265,11 +277,10 @@ async def test_concurrent_unknown_kids_share_one_fetch(
 
 
 async def test_known_keys_are_refreshed_when_old(
-    supabase: FakeSupabase, session: aiohttp.ClientSession, keys: dict[str, SigningKey], monkeypatch: pytest.MonkeyPatch
+    supabase: FakeSupabase, upstream: Upstream, keys: dict[str, SigningKey]
 ) -> None:
-    # A revoked key stops verifying within _MAX_AGE even if no token ever names a new kid.
-    monkeypatch.setattr("agent_gateway.auth.jwt._MAX_AGE", 0.2)
-    verifier = JWTVerifier(supabase.url, None, session, refetch_interval=0.1)
+    # A revoked key stops verifying within max_age even if no token ever names a new kid.
+    verifier = JWTVerifier(await upstream(supabase.url), None, refetch_interval=0.1, max_age=0.2)
     token = mint(keys["ES256-a"], claims(supabase))
     assert await verifier.verify(token) == USER
     supabase.publish(keys["ES256-b"])
@@ -281,26 +292,35 @@ async def test_known_keys_are_refreshed_when_old(
 # JWKS unavailable
 
 
-async def test_jwks_server_down_is_401(
-    session: aiohttp.ClientSession, keys: dict[str, SigningKey], caplog: pytest.LogCaptureFixture
+async def unavailable(verifier: JWTVerifier, token: str) -> str:
+    """Asserts a 503 (the signing keys are the platform's trouble, not the user's), and returns its message."""
+    with pytest.raises(ServiceUnavailable) as info:
+        await verifier.verify(token)
+    assert info.value.status_code == 503 and token.split(".")[2] not in str(info.value)
+    return str(info.value)
+
+
+async def test_jwks_server_down_is_503(
+    upstream: Upstream, keys: dict[str, SigningKey], caplog: pytest.LogCaptureFixture
 ) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    verifier = JWTVerifier(url, None, session)
+    verifier = JWTVerifier(await upstream(url), None)
     token = mint(keys["ES256-a"], claims(FakeSupabase(), iss=f"{url}/auth/v1"))
     with caplog.at_level(logging.WARNING, logger="agent_gateway.auth"):
-        assert "right now" in await refused(verifier, token)
-    assert [record.name for record in caplog.records] == ["agent_gateway.auth"]
+        assert "right now" in await unavailable(verifier, token)
+    # The boundary's line with the cause, then the verifier's own: the token in neither.
+    assert [record.name for record in caplog.records] == ["agent_gateway.upstream", "agent_gateway.auth"]
     assert token.split(".")[2] not in caplog.text
 
 
 @pytest.mark.parametrize("trouble", ["status 503", "not json", "not a jwks", "stall"])
-async def test_jwks_failures_are_401(
-    trouble: str, supabase: FakeSupabase, session: aiohttp.ClientSession, keys: dict[str, SigningKey]
+async def test_jwks_failures_are_503(
+    trouble: str, supabase: FakeSupabase, upstream: Upstream, keys: dict[str, SigningKey]
 ) -> None:
-    verifier = JWTVerifier(supabase.url, None, session, fetch_timeout=0.2)
+    verifier = JWTVerifier(await upstream(supabase.url), None, fetch_timeout=0.2)
     if trouble == "status 503":
         supabase.status = 503
     elif trouble == "not json":
@@ -309,26 +329,26 @@ async def test_jwks_failures_are_401(
         supabase.body = '{"error": "nope"}'
     else:
         supabase.delay = 1.0
-    assert "right now" in await refused(verifier, mint(keys["ES256-a"], claims(supabase)))
+    assert "right now" in await unavailable(verifier, mint(keys["ES256-a"], claims(supabase)))
 
 
 async def test_jwks_outage_is_not_hammered(
-    supabase: FakeSupabase, session: aiohttp.ClientSession, keys: dict[str, SigningKey]
+    supabase: FakeSupabase, upstream: Upstream, keys: dict[str, SigningKey]
 ) -> None:
-    verifier = JWTVerifier(supabase.url, None, session)
+    verifier = JWTVerifier(await upstream(supabase.url), None)
     supabase.status = 503
     for _ in range(5):
-        await refused(verifier, mint(keys["ES256-a"], claims(supabase)))
+        await unavailable(verifier, mint(keys["ES256-a"], claims(supabase)))
     assert supabase.hits == 1
 
 
 async def test_verifies_again_once_jwks_is_back(
-    supabase: FakeSupabase, session: aiohttp.ClientSession, keys: dict[str, SigningKey]
+    supabase: FakeSupabase, upstream: Upstream, keys: dict[str, SigningKey]
 ) -> None:
-    verifier = JWTVerifier(supabase.url, None, session, refetch_interval=0.2)
+    verifier = JWTVerifier(await upstream(supabase.url), None, refetch_interval=0.2)
     supabase.status = 500
     token = mint(keys["ES256-a"], claims(supabase))
-    await refused(verifier, token)
+    await unavailable(verifier, token)
     supabase.status = 200
     await asyncio.sleep(0.25)
     assert await verifier.verify(token) == USER
@@ -357,9 +377,9 @@ async def test_hs256_signed_with_public_key_is_refused(
 
 
 async def test_hs256_signed_with_public_key_is_refused_without_secret(
-    supabase: FakeSupabase, session: aiohttp.ClientSession, keys: dict[str, SigningKey]
+    supabase: FakeSupabase, upstream: Upstream, keys: dict[str, SigningKey]
 ) -> None:
-    verifier = JWTVerifier(supabase.url, None, session)
+    verifier = JWTVerifier(await upstream(supabase.url), None)
     key = keys["RS256-a"]
     assert await verifier.verify(mint(key, claims(supabase))) == USER
     await refused(verifier, forge({"alg": "HS256", "kid": key.kid}, claims(supabase), key.public_pem()))
@@ -375,14 +395,14 @@ async def test_header_alg_must_match_the_keys_algorithm(
 
 
 async def test_jwks_keys_are_pinned_to_their_key_type(
-    supabase: FakeSupabase, session: aiohttp.ClientSession, keys: dict[str, SigningKey]
+    supabase: FakeSupabase, upstream: Upstream, keys: dict[str, SigningKey]
 ) -> None:
     rsa_as_ps256 = {**keys["RS256-a"].public_jwk(), "alg": "PS256"}
     ec_as_rs256 = {**keys["ES256-a"].public_jwk(), "alg": "RS256"}
     # A symmetric key in a public JWKS would let anyone sign; it must never be trusted.
     octet = {"kty": "oct", "kid": "oct-1", "k": base64.urlsafe_b64encode(b"x" * 32).rstrip(b"=").decode()}
     supabase.jwks = [rsa_as_ps256, ec_as_rs256, octet, keys["ES256-b"].public_jwk()]
-    verifier = JWTVerifier(supabase.url, SECRET, session)
+    verifier = JWTVerifier(await upstream(supabase.url), SECRET)
     assert await verifier.verify(mint(keys["ES256-b"], claims(supabase))) == USER
     await refused(verifier, mint(keys["RS256-a"], claims(supabase)))
     await refused(verifier, mint(keys["ES256-a"], claims(supabase)))
@@ -395,9 +415,9 @@ async def test_other_algorithms_are_refused(alg: str, verifier: JWTVerifier, sup
 
 
 async def test_asymmetric_tokens_refused_without_supabase_url(
-    session: aiohttp.ClientSession, supabase: FakeSupabase, keys: dict[str, SigningKey]
+    upstream: Upstream, supabase: FakeSupabase, keys: dict[str, SigningKey]
 ) -> None:
-    verifier = JWTVerifier(None, None, session)
+    verifier = JWTVerifier(None, None)
     await refused(verifier, mint(keys["ES256-a"], claims(supabase)))
     await refused(verifier, mint_hs256(claims(supabase)))
     assert supabase.hits == 0

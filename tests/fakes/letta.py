@@ -167,4 +167,8 @@ class FakeAMS(ThreadedServer):
         if request.path == "/me":
             agents = [{"id": agent_id} for agent_id in self.agents_of.get(user_id, [])]
             return web.json_response({"id": user_id, "agents": agents})
+        if request.path.startswith("/redirect/"):  # as a framework redirects: to its own absolute URL
+            target = request.path.removeprefix("/redirect")
+            away = target.startswith("/away")
+            raise web.HTTPTemporaryRedirect("http://evil.example/" if away else f"http://{request.host}{target}")
         return web.json_response({"path": request.path, "method": request.method, "user": user_id, "body": body})

@@ -10,7 +10,12 @@ Models:
 - `error-500`, `error-429`, `error-400`: LiteLLM's error bodies with those statuses
 - `key-401`: LiteLLM's 401 for a bad key, echoing key fragments as it really does
 - `hang`: never answers (for timeouts)
+- `garbage`: a 200 that breaks the protocol: a JSON answer that is not JSON; a stream that sends
+  one chunk, then half an event, and ends cleanly
 - `tokens-N`: a normal answer whose usage totals N tokens (40 % prompt), streamed or not
+- `letta-loop`: an agent's tool loop, as a Letta agent needs it: a call to `conversation_search`
+  first, then the answer (through `send_message` when the agent has that tool); usage whose
+  token details hold nulls, as Gemini sends them. `letta-slow-S` answers the same after S seconds.
 """
 
 from __future__ import annotations
@@ -26,7 +31,21 @@ from aiohttp import web
 from tests.fakes.server import ThreadedServer
 
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+LETTA_ANSWER = "Looked it up: hello."
 STREAM_WORDS = ["Hel", "lo ", "fro", "m f", "ake"]
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+def _tool_call(tool: dict[str, Any], **wanted: Any) -> dict[str, str]:
+    """A call of `tool` with those of `wanted`'s arguments its schema has, its thoughts first (Letta
+    shows a streamed call only once it has read them)."""
+    properties = tool.get("parameters", {}).get("properties", {})
+    arguments = {name: "Let me see." for name in ("thinking", "inner_thoughts") if name in properties}
+    arguments |= {name: value for name, value in wanted.items() if name in properties}
+    return {"name": tool["name"], "arguments": json.dumps(arguments)}
 
 
 def sized_usage(model: str) -> dict[str, int]:
@@ -41,6 +60,7 @@ class Seen:
     method: str
     headers: dict[str, str]
     body: dict[str, Any] | None
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)  # every header as sent, repeats kept
 
 
 @dataclass
@@ -90,7 +110,9 @@ class FakeLiteLLM(ThreadedServer):
     async def _record(self, request: web.Request) -> dict[str, Any] | None:
         raw = await request.read()
         body = json.loads(raw) if raw else None
-        self.requests.append(Seen(request.path, request.method, dict(request.headers), body))
+        self.requests.append(
+            Seen(request.path, request.method, dict(request.headers), body, list(request.headers.items()))
+        )
         return body
 
     async def _liveliness(self, request: web.Request) -> web.Response:
@@ -154,6 +176,15 @@ class FakeLiteLLM(ThreadedServer):
             return web.json_response({"error": error}, status=401)
         if model == "hang":
             await asyncio.sleep(3600)
+        if model.startswith("letta-"):
+            return await self._letta_turn(request, body)
+        if model == "garbage":
+            if not body.get("stream"):
+                return web.Response(body=b"<html>502 Bad Gateway</html>", content_type="application/json")
+            stream = await self._open_stream(request)
+            await stream.write(b'data: {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\n')
+            await stream.write(b'data: {"id": "chatcmpl-1", "choi')
+            return stream
         if body.get("stream"):
             return await self._chat_stream(request, body)
         answer: dict[str, Any] = {
@@ -181,6 +212,55 @@ class FakeLiteLLM(ThreadedServer):
                 "access-control-allow-origin": "*",
             },
         )
+
+    async def _letta_turn(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        model = str(body["model"])
+        if model.startswith("letta-slow-"):
+            await asyncio.sleep(float(model.removeprefix("letta-slow-")))
+        tools = {tool["function"]["name"]: tool["function"] for tool in body.get("tools") or []}
+        messages = body.get("messages") or []
+        # Searched already in this turn: a tool result after the user's last own message (Letta
+        # 0.11 follows a tool result with a heartbeat, which is not the user's).
+        asked = max(
+            (i for i, m in enumerate(messages) if m.get("role") == "user" and "heartbeat" not in str(m.get("content"))),
+            default=0,
+        )
+        searched = any(m.get("role") == "tool" for m in messages[asked:])
+        call: dict[str, str] | None = None
+        if not searched and "conversation_search" in tools and model == "letta-loop":
+            call = _tool_call(tools["conversation_search"], query="hello", request_heartbeat=True)
+        elif "send_message" in tools:
+            call = _tool_call(tools["send_message"], message=LETTA_ANSWER)
+        usage = {**USAGE, "prompt_tokens_details": {"cached_tokens": None}, "completion_tokens_details": None}
+        tool_call = {"id": f"call_{len(self.requests)}", "type": "function", "function": call}
+        content = None if call else LETTA_ANSWER
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": content, **({"tool_calls": [tool_call]} if call else {})}
+            choice = {"index": 0, "finish_reason": "tool_calls" if call else "stop", "message": message}
+            answer = {"id": "chatcmpl-l", "object": "chat.completion", "created": 0, "model": model}
+            return web.json_response({**answer, "choices": [choice], "usage": usage})
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": content}]
+        if call:
+            deltas.append(
+                {"tool_calls": [{**tool_call, "index": 0, "function": {"name": call["name"], "arguments": ""}}]}
+            )
+            arguments = call["arguments"]  # in small pieces, as a model streams them
+            deltas += [
+                {"tool_calls": [{"index": 0, "function": {"arguments": arguments[at : at + 7]}}]}
+                for at in range(0, len(arguments), 7)
+            ]
+        chunks: list[dict[str, Any]] = [{"index": 0, "delta": delta} for delta in deltas]
+        chunks.append({"index": 0, "delta": {}, "finish_reason": "tool_calls" if call else "stop"})
+        stream = await self._open_stream(request)
+        head = {"id": "chatcmpl-l", "object": "chat.completion.chunk", "created": 0, "model": model}
+        for choice in chunks:
+            await stream.write(_sse({**head, "choices": [choice]}))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await stream.write(_sse({**head, "choices": [], "usage": usage}))
+        await stream.write(b"data: [DONE]\n\n")
+        await stream.write_eof()
+        self.finished_streams += 1
+        return stream
 
     async def _open_stream(self, request: web.Request) -> web.StreamResponse:
         stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

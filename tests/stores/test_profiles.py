@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from agent_gateway.domain import Profile, mask_key, parse_models
 from agent_gateway.stores.database import Database
-from agent_gateway.stores.profiles import Profile, ProfileStore, mask_key, parse_models
+from agent_gateway.stores.key_cipher import KeyCipher
+from agent_gateway.stores.profiles import ProfileStore
 
 KEY = "sk-user-key-0123456789"
 
@@ -54,14 +56,14 @@ async def test_schema_is_created_on_first_start(database_url: str) -> None:
             "created_at",
         }
         assert database.key_column == "litellm_key_id"
-        assert await ProfileStore(database).add(Profile("alice", KEY))
+        assert await ProfileStore(database, KeyCipher()).add(Profile("alice", KEY))
     finally:
         await database.close()
 
     restarted = Database(database_url)  # a second start finds the schema and keeps the data
     try:
         await restarted.start()
-        profile = await ProfileStore(restarted).get("alice")
+        profile = await ProfileStore(restarted, KeyCipher()).get("alice")
         assert profile is not None
         assert profile.litellm_key == KEY
     finally:
@@ -69,7 +71,7 @@ async def test_schema_is_created_on_first_start(database_url: str) -> None:
 
 
 async def test_add_get_list_remove(database: Database) -> None:
-    store = ProfileStore(database)
+    store = ProfileStore(database, KeyCipher())
     assert await store.get("alice") is None
     assert await store.list() == []
 
@@ -89,7 +91,7 @@ async def test_add_get_list_remove(database: Database) -> None:
 
 
 async def test_add_refuses_a_taken_id(database: Database) -> None:
-    store = ProfileStore(database)
+    store = ProfileStore(database, KeyCipher())
     assert await store.add(Profile("alice", KEY))
     assert not await store.add(Profile("alice", "sk-another-key-999999"))
     alice = await store.get("alice")
@@ -98,14 +100,14 @@ async def test_add_refuses_a_taken_id(database: Database) -> None:
 
 
 async def test_concurrent_adds_of_one_id_make_one_profile(database: Database) -> None:
-    store = ProfileStore(database)
+    store = ProfileStore(database, KeyCipher())
     results = await asyncio.gather(*(store.add(Profile("alice", f"sk-key-{n:016d}")) for n in range(4)))
     assert sorted(results) == [False, False, False, True]
     assert [profile.id for profile in await store.list()] == ["alice"]
 
 
 async def test_update_changes_only_what_is_named(database: Database) -> None:
-    store = ProfileStore(database)
+    store = ProfileStore(database, KeyCipher())
     await store.add(Profile("alice", KEY, frozenset({"gpt-4o"}), 1000))
 
     assert await store.update("alice", litellm_key="sk-rotated-key-000001")
@@ -134,20 +136,20 @@ async def test_update_changes_only_what_is_named(database: Database) -> None:
 
 
 async def test_update_of_unknown_user_is_false(database: Database) -> None:
-    store = ProfileStore(database)
+    store = ProfileStore(database, KeyCipher())
     assert not await store.update("nobody", monthly_limit=5)
     assert await store.list() == []
 
 
 async def test_update_with_nothing_to_change(database: Database) -> None:
-    store = ProfileStore(database)
+    store = ProfileStore(database, KeyCipher())
     await store.add(Profile("alice", KEY))
     assert await store.update("alice")
     assert not await store.update("nobody")
 
 
 async def test_allowed_models_none_means_all_and_a_set_is_kept(database: Database) -> None:
-    store = ProfileStore(database)
+    store = ProfileStore(database, KeyCipher())
     await store.add(Profile("everything", KEY))
     await store.add(Profile("some", KEY, frozenset({"gpt-4o", "claude"})))
     await store.add(Profile("nothing", KEY, frozenset()))
@@ -197,7 +199,7 @@ async def test_existing_table_with_litellm_key_column_is_adopted(database_url: s
         await database.start()
         assert database.key_column == "litellm_key"
         assert "litellm_key_id" not in await column_names(database, "user_profiles")
-        store = ProfileStore(database)
+        store = ProfileStore(database, KeyCipher())
 
         legacy = await store.get("legacy")
         assert legacy is not None
@@ -236,7 +238,7 @@ async def test_existing_sqlite_table_with_comma_separated_models(tmp_path: Path)
             "INSERT INTO user_profiles (id, litellm_key, allowed_models) VALUES ('legacy', 'sk-k', 'gpt-4o,claude')",
         )
         await database.start()
-        legacy = await ProfileStore(database).get("legacy")
+        legacy = await ProfileStore(database, KeyCipher()).get("legacy")
         assert legacy is not None
         assert legacy.allowed_models == frozenset({"gpt-4o", "claude"})
     finally:
@@ -250,7 +252,7 @@ async def test_existing_postgres_table_keyed_by_uuid(postgres_url: str) -> None:
     try:
         await create_beforehand(database, LEGACY_POSTGRES.replace("id text PRIMARY KEY", "id uuid PRIMARY KEY"))
         await database.start()
-        store = ProfileStore(database)
+        store = ProfileStore(database, KeyCipher())
         assert await store.add(Profile(user, KEY, frozenset({"gpt-4o"})))
 
         profile = await store.get(user)

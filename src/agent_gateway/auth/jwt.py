@@ -1,5 +1,6 @@
 """Supabase access tokens (SPEC §6): ES256/RS256 through the project's JWKS, or HS256 with the
-legacy JWT secret. Every refusal is an `InvalidSecret` (401) whose message holds no part of the token.
+legacy JWT secret. Every refusal is an `InvalidSecret` (401) whose message holds no part of the
+token; signing keys that cannot be fetched are the platform's trouble, not the user's (503).
 """
 
 from __future__ import annotations
@@ -9,19 +10,17 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
 import jwt
 
-from agent_gateway.errors import InvalidSecret
-from agent_gateway.stores.profiles import USER_ID
+from agent_gateway.domain import USER_ID
+from agent_gateway.errors import GatewayError, InvalidSecret, ServiceUnavailable
+from agent_gateway.upstream.client import UpstreamClient
 
 log = logging.getLogger("agent_gateway.auth")
 
 AUDIENCE = "authenticated"
 ROLE = "authenticated"
-# Known keys are refetched after this long too, so a key Supabase revoked stops verifying even
-# if no token ever names an unknown kid; a failed refetch keeps the old keys.
-_MAX_AGE = 600.0
+JWKS_PATH = "/auth/v1/.well-known/jwks.json"
 
 _ALGORITHM_MISMATCH = "The token's algorithm does not match its signing key."
 
@@ -68,22 +67,23 @@ class JWTVerifier:
 
     def __init__(
         self,
-        supabase_url: str | None,
+        supabase: UpstreamClient | None,
         jwt_secret: str | None,
-        session: aiohttp.ClientSession,
         *,
         leeway: float = 30,
         refetch_interval: float = 30,
         fetch_timeout: float = 5,
+        max_age: float = 600,
     ) -> None:
-        base = supabase_url.rstrip("/") if supabase_url else None
-        self.jwks_url = f"{base}/auth/v1/.well-known/jwks.json" if base else None
-        self.issuer = f"{base}/auth/v1" if base else None
+        self.supabase = supabase
+        self.issuer = f"{supabase.base_url}/auth/v1" if supabase is not None else None
         self.jwt_secret = jwt_secret or None
-        self.session = session
         self.leeway = leeway
         self.refetch_interval = refetch_interval
         self.fetch_timeout = fetch_timeout
+        # Known keys are refetched after this long too, so a key Supabase revoked stops verifying
+        # even if no token ever names an unknown kid; a failed refetch keeps the old keys.
+        self.max_age = max_age
         self._keys: dict[str, jwt.PyJWK] = {}
         self._attempted_at: float | None = None
         self._fetched_at: float | None = None
@@ -116,7 +116,7 @@ class JWTVerifier:
         return self.jwt_secret
 
     async def _jwks_key(self, kid: object, alg: str) -> jwt.PyJWK:
-        if self.jwks_url is None:
+        if self.supabase is None:
             raise InvalidSecret("ES256/RS256 tokens are not accepted: SUPABASE_URL is not set.")
         if not isinstance(kid, str):
             raise InvalidSecret("The token names no signing key (kid).")
@@ -125,14 +125,14 @@ class JWTVerifier:
         key = self._keys.get(kid)
         if key is None:
             if self._fetch_failed:
-                raise InvalidSecret("Cannot verify tokens right now: the Supabase signing keys are unavailable.")
+                raise ServiceUnavailable("Cannot verify tokens right now: the Supabase signing keys are unavailable.")
             raise InvalidSecret("The token's signing key is unknown.")
         if key.algorithm_name != alg:
             raise InvalidSecret(_ALGORITHM_MISMATCH)
         return key
 
     def _stale(self) -> bool:
-        return self._fetched_at is not None and time.monotonic() - self._fetched_at > _MAX_AGE
+        return self._fetched_at is not None and time.monotonic() - self._fetched_at > self.max_age
 
     async def _refresh(self) -> None:
         """Fetches the JWKS unless a fetch was attempted within `refetch_interval`; a failure is logged, not raised."""
@@ -142,12 +142,12 @@ class JWTVerifier:
                 return
             try:
                 keys = await self._fetch()
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            except (GatewayError, ValueError) as exc:
                 # Failures count towards the rate limit too, so an outage is not hammered.
                 self._attempted_at = time.monotonic()
                 self._fetch_failed = True
                 log.warning(
-                    "Cannot fetch the Supabase JWKS (%s: %s)", type(exc).__name__, exc, extra={"url": self.jwks_url}
+                    "Cannot fetch the Supabase JWKS (%s: %s)", type(exc).__name__, exc, extra={"path": JWKS_PATH}
                 )
                 return
             self._attempted_at = self._fetched_at = time.monotonic()
@@ -155,11 +155,10 @@ class JWTVerifier:
             self._keys = keys
 
     async def _fetch(self) -> dict[str, jwt.PyJWK]:
-        assert self.jwks_url is not None
-        timeout = aiohttp.ClientTimeout(total=self.fetch_timeout)
-        async with self.session.get(self.jwks_url, timeout=timeout) as response:
-            response.raise_for_status()
-            document = await response.json(content_type=None)
+        assert self.supabase is not None
+        status, document = await self.supabase.get_json(JWKS_PATH, self.fetch_timeout)
+        if status != 200:
+            raise ValueError(f"the JWKS answered HTTP {status}")
         return _parse_jwks(document)
 
     def _decode(self, token: str, key: jwt.PyJWK | str, algorithm: str) -> dict[str, Any]:
@@ -200,7 +199,6 @@ class JWTVerifier:
         if claims.get("is_anonymous", False) is not False:
             raise InvalidSecret("Anonymous Supabase users are not accepted.")
         sub = claims.get("sub")
-        # fullmatch: USER_ID ends in `$`, which `match` lets through before a trailing newline.
         if not isinstance(sub, str) or not USER_ID.fullmatch(sub):
             raise InvalidSecret("The token has no valid user id (sub).")
         return sub

@@ -16,23 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
+from cachetools import TTLCache
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agent_gateway import metrics
-from agent_gateway.errors import LimitsUnavailable
-from agent_gateway.settings import Rate
+from agent_gateway.domain import Rate
+from agent_gateway.limits.redis import FailMode, RedisFailures
 
 log = logging.getLogger("agent_gateway.limits")
 MonthTotal = Callable[[str, str], Awaitable[int]]  # (user_id, month) -> settled tokens in the ledger
 ADMITTED, OVER_MONTH, OVER_RATE, NEEDS_LOAD = 1, 0, 2, -1
-_MONTH_KEY_TTL = 40 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,7 @@ class BudgetRequest:
     tokens: int
     monthly_limit: int | None
     token_rate: Rate | None
+    estimate: int = 0  # what the call is billed if its instance dies first (the ledger's recovery)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,10 @@ class Budgets(Protocol):
     async def reserve(self, request: BudgetRequest) -> BudgetDecision: ...
 
     async def settle(self, request: BudgetRequest, actual: int) -> None: ...
+
+    async def month_held(self, user_id: str, month: str) -> int:
+        """Tokens the month holds now: used plus reserved by calls in flight."""
+        ...
 
 
 class _Window:
@@ -118,14 +123,18 @@ class _Month:
 
 
 class MemoryBudgets:
-    """One process's budgets; month totals loaded from the ledger on first use."""
+    """One process's budgets; month totals loaded from the ledger on first use.
+
+    Bounded: a month unused for an hour is dropped (the next call reloads it from the ledger,
+    which holds every settled call), and so is a token window unused for a day.
+    """
 
     def __init__(self, month_total: MonthTotal, reload_after: float | None = None) -> None:
         self.month_total = month_total
         self.reload_after = reload_after  # re-read the ledger this often (when others write it too)
-        self._months: dict[tuple[str, str], _Month] = {}
+        self._months: TTLCache[tuple[str, str], _Month] = TTLCache(1_000_000, 3600.0)
         self._loading: dict[tuple[str, str], asyncio.Future[_Month]] = {}
-        self._windows: dict[str, _Window] = {}  # user -> tokens admitted in the rolling window
+        self._windows: TTLCache[str, _Window] = TTLCache(1_000_000, 86400.0)  # user -> the rolling window
 
     async def reserve(self, request: BudgetRequest) -> BudgetDecision:
         month = None
@@ -138,9 +147,8 @@ class MemoryBudgets:
             return BudgetDecision(OVER_MONTH, month.used, month.reserved)
         rate = request.token_rate
         if rate is not None:
-            window = self._windows.get(request.user_id)
-            if window is None:
-                window = self._windows[request.user_id] = _Window()
+            window = self._windows.get(request.user_id) or _Window()
+            self._windows[request.user_id] = window  # (re)set: kept a day from its last use
             in_window = window.prune(now)
             if in_window + request.tokens > rate.limit:
                 retry = window.wait_for(in_window + request.tokens - rate.limit, now) or rate.period
@@ -151,6 +159,10 @@ class MemoryBudgets:
             month.reserved += request.tokens
         return BudgetDecision(ADMITTED, month.used if month else 0)
 
+    async def month_held(self, user_id: str, month: str) -> int:
+        held = await self._month(user_id, month)
+        return held.used + held.reserved
+
     async def _month(self, user_id: str, month_name: str) -> _Month:
         key = (user_id, month_name)
         month = self._months.get(key)
@@ -158,6 +170,7 @@ class MemoryBudgets:
             self.reload_after is None or time.monotonic() - month.loaded_at < self.reload_after
         )
         if month is not None and fresh:
+            self._months[key] = month  # (re)set: kept an hour from its last use
             return month
         # One ledger read per month at a time; everyone else waits for it, so no late read
         # can overwrite a total that settlements have moved on since.
@@ -185,10 +198,10 @@ class MemoryBudgets:
 
 # Each held amount is a zset (member `id:tokens`, score = when it stops counting) plus a running
 # total beside it, so an admission costs O(1) plus what expired since the last one.
-# KEYS: month used, month reservations, its total, token window, its total.
-# ARGV: tokens, id, monthly limit (-1 = none), reservation ttl ms, month total from the ledger
-# ('' = not loaded), token limit (-1 = none), window ms, '1' to replace the month total with the
-# ledger's. Returns {outcome, used, reserved, retry ms}.
+# KEYS: month used, month reservations, its total, token window, its total, this instance's
+# reservations. ARGV: tokens, id, monthly limit (-1 = none), reservation ttl ms, month total from
+# the ledger ('' = not loaded), token limit (-1 = none), window ms, '1' to replace the month total
+# with the ledger's, the call's estimate. Returns {outcome, used, reserved, retry ms}.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -211,7 +224,7 @@ if monthly >= 0 then
   if ARGV[8] == '1' then current = false end
   if not current then
     if ARGV[5] == '' then return {-1, 0, 0, 0} end
-    redis.call('SET', KEYS[1], ARGV[5], 'EX', 3456000)
+    redis.call('SET', KEYS[1], ARGV[5], 'EX', 3456000)  -- 40 days: a month and its stragglers
     current = ARGV[5]
   end
   used = tonumber(current)
@@ -242,6 +255,9 @@ if monthly >= 0 then
   redis.call('INCRBY', KEYS[3], tokens)
   redis.call('PEXPIRE', KEYS[2], ttl)
   redis.call('PEXPIRE', KEYS[3], ttl)
+  -- The instance's own record, so that another can free this if the instance dies.
+  redis.call('HSET', KEYS[6], member, KEYS[1] .. '|' .. KEYS[2] .. '|' .. KEYS[3] .. '|' .. ARGV[9])
+  redis.call('PEXPIRE', KEYS[6], ttl)
 end
 return {1, used, reserved, 0}
 """
@@ -251,6 +267,7 @@ return {1, used, reserved, 0}
 _SETTLE = """
 local reserved = ARGV[1] .. ':' .. ARGV[2]
 if redis.call('ZREM', KEYS[2], reserved) == 1 then redis.call('DECRBY', KEYS[3], ARGV[2]) end
+redis.call('HDEL', KEYS[6], reserved)
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[3]) end
 local until_ = redis.call('ZSCORE', KEYS[4], reserved)
 if until_ then
@@ -259,6 +276,47 @@ if until_ then
   redis.call('INCRBY', KEYS[5], tonumber(ARGV[3]) - tonumber(ARGV[2]))
 end
 return 1
+"""
+
+
+# KEYS: a dead instance's reservations. Frees each one still held, adding its estimate to the
+# month total (as the ledger's recovery bills the crashed call); returns how many it freed.
+_RECLAIM = """
+local freed = 0
+local held = redis.call('HGETALL', KEYS[1])
+for i = 1, #held, 2 do
+  local member = held[i]
+  local used, zset, total, estimate = string.match(held[i + 1], '([^|]*)|([^|]*)|([^|]*)|(%d+)')
+  if redis.call('ZREM', zset, member) == 1 then
+    redis.call('DECRBY', total, tonumber(string.match(member, ':(%d+)$')))
+    if redis.call('EXISTS', used) == 1 then redis.call('INCRBY', used, estimate) end
+    freed = freed + 1
+  end
+end
+redis.call('DEL', KEYS[1])
+return freed
+"""
+
+
+# KEYS: month used, month reservations, its total. ARGV: the month total from the ledger ('' = not
+# loaded). Returns used + reserved, or -1 when the month must be loaded first.
+_HELD = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local current = redis.call('GET', KEYS[1])
+if not current then
+  if ARGV[1] == '' then return -1 end
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', 3456000)
+  current = ARGV[1]
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #gone > 0 then
+  local freed = 0
+  for _, m in ipairs(gone) do freed = freed + tonumber(string.match(m, ':(%d+)$')) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('DECRBY', KEYS[3], freed)
+end
+return tonumber(current) + tonumber(redis.call('GET', KEYS[3]) or '0')
 """
 
 
@@ -271,18 +329,23 @@ class RedisBudgets:
         redis: Redis,
         month_total: MonthTotal,
         ttl: float,
-        fail_mode: Literal["open", "closed"],
+        fail_mode: FailMode,
         prefix: str = "agw:budget:",
+        fallback: Budgets | None = None,
     ) -> None:
         self.redis = redis
         self.month_total = month_total
         self.ttl = ttl
         self.fail_mode = fail_mode
         self.prefix = prefix
-        self.fallback = MemoryBudgets(month_total, reload_after=5.0)
+        # Redis away: this process's own budgets, or the ledger's shared check (limits/shared_month.py).
+        self.fallback = fallback or MemoryBudgets(month_total, reload_after=5.0)
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
-        self._last_warning = 0.0
+        self._held = redis.register_script(_HELD)
+        self._reclaim = redis.register_script(_RECLAIM)
+        self.instance = os.urandom(8).hex()
+        self._failures = RedisFailures("budget", fail_mode)
         self._held_by_fallback: set[str] = set()
         # Months whose Redis total missed a settlement (Redis failed): reloaded from the ledger.
         self._stale: set[tuple[str, str]] = set()
@@ -291,7 +354,33 @@ class RedisBudgets:
     def _keys(self, request: BudgetRequest) -> list[str]:
         month = f"{self.prefix}{request.user_id}:{request.month}"
         window = f"{self.prefix}{request.user_id}:tokens"
-        return [f"{month}:used", f"{month}:reserved", f"{month}:reserved:total", window, f"{window}:total"]
+        held = self._instance_key(self.instance, "held")
+        return [f"{month}:used", f"{month}:reserved", f"{month}:reserved:total", window, f"{window}:total", held]
+
+    def _instance_key(self, instance: str, what: str) -> str:
+        return f"{self.prefix}instance:{instance}:{what}"
+
+    async def keep_alive(self, interval: float) -> None:
+        """Say every `interval` that this instance lives; free the reservations of any instance
+        silent for three intervals (it crashed: nothing else would free them before they expire)."""
+        instances = f"{self.prefix}instances"
+        while True:
+            try:
+                await self.redis.set(self._instance_key(self.instance, "alive"), 1, px=int(interval * 3000))
+                await self.redis.sadd(instances, self.instance)
+                for member in await self.redis.smembers(instances):
+                    other = member.decode() if isinstance(member, bytes) else str(member)
+                    if not await self.redis.exists(self._instance_key(other, "alive")):
+                        freed = await self._reclaim(keys=[self._instance_key(other, "held")])
+                        await self.redis.srem(instances, other)
+                        if freed:
+                            log.warning(
+                                "freed reservations of a dead instance",
+                                extra={"instance": other, "reservations": freed},
+                            )
+            except (RedisError, OSError):
+                pass  # Redis is away: admissions note it; the next beat tries again
+            await asyncio.sleep(interval)
 
     async def reserve(self, request: BudgetRequest) -> BudgetDecision:
         args: list[int | str] = [
@@ -303,6 +392,7 @@ class RedisBudgets:
             request.token_rate.limit if request.token_rate else -1,
             int(request.token_rate.period * 1000) if request.token_rate else 0,
             "0",
+            request.estimate,
         ]
         month = (request.user_id, request.month)
         try:
@@ -318,6 +408,17 @@ class RedisBudgets:
         outcome, used, reserved, retry_ms = (int(value) for value in result)
         return BudgetDecision(outcome, used, reserved, retry_ms / 1000)
 
+    async def month_held(self, user_id: str, month: str) -> int:
+        keys = self._keys(BudgetRequest(user_id, month, "", 0, None, None))[:3]
+        try:
+            held = int(await self._held(keys=keys, args=[""]))
+            if held < 0:
+                held = int(await self._held(keys=keys, args=[await self.month_total(user_id, month)]))
+        except (RedisError, OSError) as exc:
+            self._failures.failed("month", exc)
+            return await self.fallback.month_held(user_id, month)
+        return held
+
     async def settle(self, request: BudgetRequest, actual: int) -> None:
         if request.reservation_id in self._held_by_fallback:
             self._held_by_fallback.discard(request.reservation_id)
@@ -329,16 +430,14 @@ class RedisBudgets:
         except (RedisError, OSError) as exc:
             # The reservation expires by itself; the month total is reloaded from the ledger.
             self._stale.add((request.user_id, request.month))
-            self._warn("settle", exc)
+            self._failures.failed("settle", exc)
 
     async def _degraded(self, request: BudgetRequest, exc: Exception) -> BudgetDecision:
-        self._warn("reserve", exc)
         # A timed-out script may still have reserved: take that back once Redis answers again.
         release = asyncio.create_task(self._release(request))
         self._releases.add(release)
         release.add_done_callback(self._releases.discard)
-        if self.fail_mode == "closed":
-            raise LimitsUnavailable()
+        self._failures.failed("reserve", exc)
         # Checked against the ledger, never unchecked: the fallback re-reads month totals from it.
         decision = await self.fallback.reserve(request)
         if decision.admitted:
@@ -348,13 +447,3 @@ class RedisBudgets:
     async def _release(self, request: BudgetRequest) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self._settle(keys=self._keys(request), args=[request.reservation_id, request.tokens, 0])
-
-    def _warn(self, step: str, exc: Exception) -> None:
-        metrics.REDIS_FALLBACKS.labels(component="budget", mode=self.fail_mode).inc()
-        now = time.monotonic()
-        if now - self._last_warning > 60:
-            self._last_warning = now
-            log.warning(
-                "redis unavailable for budgets",
-                extra={"step": step, "mode": self.fail_mode, "reason": type(exc).__name__},
-            )

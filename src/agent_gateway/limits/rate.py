@@ -8,22 +8,19 @@ number of instances share one exact limit.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
+from cachetools import TTLCache
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agent_gateway import metrics
-from agent_gateway.errors import LimitsUnavailable
-from agent_gateway.settings import Rate
-
-log = logging.getLogger("agent_gateway.limits")
+from agent_gateway.domain import Rate
+from agent_gateway.limits.redis import FailMode, RedisFailures
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +43,10 @@ class RateLimiter(Protocol):
 
 
 class MemoryRateLimiter:
-    """One process's sliding logs, pruned as they are touched."""
+    """One process's sliding logs, pruned as they are touched; a log untouched for a day is dropped."""
 
-    def __init__(self) -> None:
-        self._logs: dict[str, deque[float]] = {}
+    def __init__(self, horizon: float = 86400.0, size: int = 1_000_000) -> None:
+        self._logs: TTLCache[str, deque[float]] = TTLCache(size, horizon)
 
     async def hit(self, key: str, rate: Rate) -> RateDecision:
         return self.hit_now(key, rate)
@@ -58,7 +55,8 @@ class MemoryRateLimiter:
         now = time.monotonic()
         hits = self._logs.get(key)
         if hits is None:
-            hits = self._logs[key] = deque()
+            hits = deque()
+        self._logs[key] = hits  # (re)set: the log lives a day from its last hit
         horizon = now - rate.period
         while hits and hits[0] <= horizon:
             hits.popleft()
@@ -95,13 +93,13 @@ class RedisRateLimiter:
     """The sliding log on Redis. When Redis fails: `open` falls back to this process's own log
     (counted in a metric, logged once a minute), `closed` refuses with 503."""
 
-    def __init__(self, redis: Redis, fail_mode: Literal["open", "closed"], prefix: str = "agw:rate:") -> None:
+    def __init__(self, redis: Redis, fail_mode: FailMode, prefix: str = "agw:rate:") -> None:
         self.redis = redis
         self.fail_mode = fail_mode
         self.prefix = prefix
         self.fallback = MemoryRateLimiter()
         self._script = redis.register_script(_SLIDING_LOG)
-        self._last_warning = 0.0
+        self._failures = RedisFailures("rate_limit", fail_mode)
 
     async def hit(self, key: str, rate: Rate) -> RateDecision:
         try:
@@ -109,17 +107,6 @@ class RedisRateLimiter:
                 keys=[self.prefix + key], args=[rate.limit, int(rate.period * 1000), os.urandom(8).hex()]
             )
         except (RedisError, OSError) as exc:
-            return self._degraded(key, rate, exc)
+            self._failures.failed("hit", exc)
+            return self.fallback.hit_now(key, rate)
         return RateDecision(bool(allowed), int(remaining), int(reset_ms) / 1000, int(retry_ms) / 1000)
-
-    def _degraded(self, key: str, rate: Rate, exc: Exception) -> RateDecision:
-        metrics.REDIS_FALLBACKS.labels(component="rate_limit", mode=self.fail_mode).inc()
-        now = time.monotonic()
-        if now - self._last_warning > 60:
-            self._last_warning = now
-            log.warning(
-                "redis unavailable for rate limits", extra={"mode": self.fail_mode, "reason": type(exc).__name__}
-            )
-        if self.fail_mode == "closed":
-            raise LimitsUnavailable()
-        return self.fallback.hit_now(key, rate)

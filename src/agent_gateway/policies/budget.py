@@ -1,20 +1,22 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 
-from agent_gateway import metrics
-from agent_gateway.context import RequestContext
+from agent_gateway.domain import Rate, seconds_to_next_month
 from agent_gateway.errors import BudgetExceeded, GatewayError, RateLimited, ServiceUnavailable
 from agent_gateway.limits.budget import OVER_MONTH, BudgetRequest, Budgets
-from agent_gateway.settings import Rate
-from agent_gateway.stores.ledger import Usage
+from agent_gateway.llm.context import RequestContext
+from agent_gateway.ops import metrics
+from agent_gateway.policies import Policy
 
 
-class BudgetPolicy:
+class BudgetPolicy(Policy):
     """Reserves the call's worst case (`ctx.reserve_tokens`) against the user's `monthly_limit`
-    (429 `insufficient_quota`) and the token rate (429 `rate_limit_exceeded`), atomically; the
-    settle hook it registers replaces the reservation with the real usage."""
+    (429 `insufficient_quota`) and the token rate (429 `rate_limit_exceeded`), atomically; its
+    release replaces the reservation with what the call cost."""
+
+    summary = "the token rate and monthly limit, reserved (429)"
 
     def __init__(self, budgets: Budgets, token_rate: Rate | None) -> None:
         self.budgets = budgets
@@ -25,7 +27,9 @@ class BudgetPolicy:
         monthly_limit = ctx.profile.monthly_limit
         if monthly_limit is None and self.token_rate is None:
             return
-        request = BudgetRequest(ctx.user_id, ctx.month, ctx.call_id, ctx.reserve_tokens, monthly_limit, self.token_rate)
+        request = BudgetRequest(
+            ctx.user_id, ctx.month, ctx.call_id, ctx.reserve_tokens, monthly_limit, self.token_rate, ctx.prompt_estimate
+        )
         try:
             decision = await self.budgets.reserve(request)
         except GatewayError:
@@ -35,31 +39,31 @@ class BudgetPolicy:
         if not decision.admitted:
             if decision.outcome == OVER_MONTH:
                 assert monthly_limit is not None
-                metrics.LIMIT_REJECTIONS.labels(limit="monthly").inc()
-                remaining = max(0, monthly_limit - decision.used - decision.reserved)
-                reset = seconds_to_next_month(ctx.admitted_at)
-                headers = _headers("monthly", monthly_limit, reset, remaining, reset)
-                raise BudgetExceeded(
-                    f"Monthly token limit reached: this call may use up to {ctx.reserve_tokens} tokens "
-                    f"and {remaining} are left this month.",
-                    retry_after=reset,
-                    headers=headers,
+                raise month_exceeded(
+                    monthly_limit, decision.used + decision.reserved, ctx.reserve_tokens, ctx.admitted_at
                 )
             assert self.token_rate is not None
             metrics.LIMIT_REJECTIONS.labels(limit="tokens").inc()
             remaining = max(0, self.token_rate.limit - decision.used)
             headers = _headers("tokens", self.token_rate.limit, self.token_rate.period, remaining, decision.retry_after)
             raise RateLimited("Token rate limit exceeded.", retry_after=decision.retry_after, headers=headers)
+        ctx.reservation = request
 
-        async def settle(usage: Usage) -> None:
-            await self.budgets.settle(request, usage.total_tokens)
+    async def release(self, ctx: RequestContext) -> None:
+        if ctx.reservation is not None:
+            await self.budgets.settle(ctx.reservation, ctx.usage.total_tokens if ctx.usage is not None else 0)
 
-        ctx.settle_hooks.append(settle)
 
-
-def seconds_to_next_month(now: datetime) -> float:
-    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
-    return (datetime(year, month, 1, tzinfo=UTC) - now).total_seconds()
+def month_exceeded(limit: int, held: int, wanted: int, now: datetime) -> BudgetExceeded:
+    """The 429 for a call that may use `wanted` tokens when the month already holds `held` of `limit`."""
+    metrics.LIMIT_REJECTIONS.labels(limit="monthly").inc()
+    remaining = max(0, limit - held)
+    reset = seconds_to_next_month(now)
+    return BudgetExceeded(
+        f"Monthly token limit reached: this call may use up to {wanted} tokens and {remaining} are left this month.",
+        retry_after=reset,
+        headers=_headers("monthly", limit, reset, remaining, reset),
+    )
 
 
 def _headers(name: str, quota: int, window: float, remaining: int, reset: float) -> dict[str, str]:

@@ -2,16 +2,19 @@ from __future__ import annotations
 
 import math
 
-from agent_gateway import metrics
-from agent_gateway.context import RequestContext
+from agent_gateway.domain import Rate
 from agent_gateway.errors import RateLimited
 from agent_gateway.limits.rate import RateLimiter
-from agent_gateway.settings import Rate
+from agent_gateway.llm.context import RequestContext
+from agent_gateway.ops import metrics
+from agent_gateway.policies import Policy
 
 
-class RateLimitPolicy:
+class RateLimitPolicy(Policy):
     """At most `rate` requests per user in any rolling window (429 with `Retry-After` and the
     IETF `RateLimit` headers, which admitted answers carry too)."""
+
+    summary = "the request rate (429)"
 
     def __init__(self, limiter: RateLimiter, rate: Rate, scope: str = "agent") -> None:
         self.limiter = limiter

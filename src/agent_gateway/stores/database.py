@@ -7,6 +7,7 @@ called `litellm_key_id` or `litellm_key` and `allowed_models` may be `text[]` or
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -14,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 metadata = sa.MetaData()
 
@@ -42,6 +43,27 @@ ledger = sa.Table(
 )
 
 
+# What the gateway saw created on Letta for a user, where Letta keeps no owner of its own
+# (an archive), or only for a while (a run's agent): the proof that outlives the process.
+letta_objects = sa.Table(
+    "letta_objects",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("object_id", sa.String(128), primary_key=True),
+    sa.Column("belongs_to", sa.String(128), nullable=False),  # the user, or the agent the object is of
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
+)
+
+
+# Revoked agent tokens: every version below `revoked_before` (auth/agent_tokens.py).
+token_versions = sa.Table(
+    "agent_token_versions",
+    metadata,
+    sa.Column("user_id", sa.String(128), primary_key=True),
+    sa.Column("revoked_before", sa.Integer, nullable=False),
+)
+
+
 def _profiles_table(target: sa.MetaData, dialect: str) -> sa.Table:
     allowed: sa.types.TypeEngine[Any] = postgresql.ARRAY(sa.Text) if dialect == "postgresql" else sa.JSON()
     return sa.Table(
@@ -65,7 +87,7 @@ def engine_url(database_url: str) -> tuple[str, dict[str, Any]]:
     if parts.scheme == "sqlite":
         path = database_url.split("sqlite://", 1)[1].removeprefix("/")
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _owner_only(Path(path))
         return f"sqlite+aiosqlite:///{path}", {}
     query = dict(parse_qsl(parts.query))
     connect_args: dict[str, Any] = {}
@@ -120,6 +142,16 @@ class Database:
         await self.engine.dispose()
 
 
+def _owner_only(path: Path) -> None:
+    """The SQLite file readable by its owner alone (it holds every user's key and usage), created so
+    before SQLite opens it; SQLite gives its -wal and -shm files the database file's own mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists() and file.stat().st_mode & 0o077:
+            file.chmod(0o600)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL plus a busy timeout let the CLI write profiles while the server reads and writes.
     cursor = dbapi_connection.cursor()
@@ -129,4 +161,4 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-__all__ = ["AsyncConnection", "Database", "engine_url", "ledger", "metadata"]
+__all__ = ["Database", "engine_url", "ledger", "letta_objects", "metadata", "token_versions"]

@@ -1,16 +1,20 @@
 """The usage ledger: one row per admitted LLM call, the source of truth for billing (SPEC §4).
 
 A row is written `in_flight` at admission, holding the prompt estimate, and `settled` with the
-real usage at the end. Writes are batched: the flusher upserts everything pending every
-200 ms and on close, so a call that ends within one interval costs one row write. The upsert
+real usage at the end. The admission is committed before the call goes upstream, shared with
+every admission that arrives meanwhile (group commit); settlements are batched every 200 ms
+and on close, so a call that ends within one interval costs two small writes at most. The upsert
 never turns a settled row back, which makes settling idempotent by row id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,20 +22,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from agent_gateway.domain import Usage, month_of
+from agent_gateway.errors import DatabaseUnavailable
 from agent_gateway.stores.database import Database, ledger
+from agent_gateway.stores.outbox import Outbox
 
 log = logging.getLogger("agent_gateway.ledger")
 FLUSH_INTERVAL = 0.2
+CLOSE_RETRY_SECONDS = 5.0  # the final write waits this long for a locked or briefly absent database
+_DATABASE_ERRORS = (sa.exc.SQLAlchemyError, sqlite3.Error, OSError, TimeoutError)
 IN_FLIGHT, SETTLED = "in_flight", "settled"
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    total_tokens: int = 0
-    estimated: bool = False
 
 
 @dataclass(slots=True)
@@ -50,7 +50,7 @@ class LedgerEntry:
 
     @property
     def month(self) -> str:
-        return self.admitted_at.strftime("%Y-%m")
+        return month_of(self.admitted_at)
 
     def row(self) -> dict[str, Any]:
         usage = self.usage
@@ -74,15 +74,65 @@ class LedgerEntry:
         }
 
 
+def entry_from_row(row: dict[str, Any]) -> LedgerEntry:
+    """The entry a row (as `LedgerEntry.row()` made it, through JSON) describes."""
+    usage = Usage(
+        row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"], row["total_tokens"], row["estimated"]
+    )
+    finished = row["finished_at"]
+    return LedgerEntry(
+        row["user_id"],
+        row["route"],
+        row["model"],
+        row["request_id"],
+        reserved_tokens=row["reserved_tokens"],
+        usage=usage,
+        id=row["id"],
+        admitted_at=datetime.fromisoformat(row["admitted_at"]),
+        finished_at=datetime.fromisoformat(finished) if finished else None,
+        status=row["status"],
+        state=row["state"],
+    )
+
+
 class Ledger:
-    def __init__(self, database: Database, flush_interval: float = FLUSH_INTERVAL) -> None:
+    """Rows batched in memory, written every `flush_interval`; while the database cannot take
+    them they go to the `outbox` on disk, and from there to the database when it can."""
+
+    def __init__(
+        self, database: Database, outbox: Outbox | None = None, flush_interval: float = FLUSH_INTERVAL
+    ) -> None:
         self.database = database
+        self.outbox = outbox or Outbox(None)
+        self._spilled = self.outbox.exists()  # rows an earlier process left there
         self.flush_interval = flush_interval
         self._pending: dict[str, LedgerEntry] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._upsert = self._build_upsert()
-        self._sqlite_upsert = _sqlite_upsert() if self.database.dialect == "sqlite" else None
+        # The embedded default's writes go straight to sqlite3 (see _SqliteWriter).
+        self._sqlite = _SqliteWriter(database.engine.url.database or "") if database.dialect == "sqlite" else None
+        self.reachable = True  # as last seen: an outage is logged when it begins and when it ends
+        self._wake = asyncio.Event()
+        self._group: asyncio.Future[None] | None = None  # what the admissions waiting for the next commit await
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        """A read for a caller: the database failing becomes 503 `database_unavailable`."""
+        try:
+            yield
+        except _DATABASE_ERRORS as exc:
+            self._seen(exc)
+            raise DatabaseUnavailable() from exc
+        self._seen(None)
+
+    def _seen(self, failure: BaseException | None) -> None:
+        """Log the database's state when it changes, not on every failed write or read."""
+        if failure is not None and self.reachable:
+            log.error("usage database unreachable; rows kept in memory", extra={"reason": type(failure).__name__})
+        elif failure is None and not self.reachable:
+            log.warning("usage database reachable again", extra={"pending": len(self._pending)})
+        self.reachable = failure is None
 
     def _build_upsert(self) -> Any:
         insert = postgresql.insert if self.database.dialect == "postgresql" else sqlite.insert
@@ -111,6 +161,9 @@ class Ledger:
         return True
 
     async def start(self) -> None:
+        replayed = await self.flush()  # an earlier process's outbox first, then what it left in flight
+        if replayed:
+            log.warning("wrote rows an earlier process left in the outbox", extra={"rows": replayed})
         await self.recover()
         self._flusher = asyncio.create_task(self._flush_forever(), name="ledger-flusher")
 
@@ -127,54 +180,118 @@ class Ledger:
             log.warning("settled calls left in flight by an earlier process", extra={"rows": result.rowcount})
         return int(result.rowcount)
 
+    async def admit_durably(self, entry: LedgerEntry) -> None:
+        """Record an admitted call and return once its row is on disk (in the database, or in the
+        outbox while the database is away): the upstream never sees a call a crash could lose.
+        Admissions arriving together share one commit (group commit)."""
+        self.admit(entry)
+        if self._flusher is None:  # not serving (a CLI, a test): write now
+            await self.flush()
+            return
+        if self._group is None:
+            self._group = asyncio.get_running_loop().create_future()
+            self._wake.set()
+        await asyncio.shield(self._group)
+
     async def _flush_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.flush_interval)
+            # Every flush_interval for settlements; at once when an admission waits for its commit.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            self._wake.clear()
+            group, self._group = self._group, None  # admissions from here on wait for the next commit
             try:
                 await self.flush()
+            except _DATABASE_ERRORS as exc:
+                self._seen(exc)
+                await self._spill()  # on disk, so a crash during the outage loses nothing
             except Exception:
                 log.exception("ledger flush failed; rows kept for the next attempt")
+            else:
+                self._seen(None)
+            finally:
+                if group is not None:
+                    group.set_result(None)
 
     async def flush(self) -> int:
+        """Write what the outbox holds, then what is pending, in one transaction; rows written."""
         async with self._lock:
-            if not self._pending:
+            kept = [entry_from_row(row) for row in self.outbox.read()] if self._spilled else []
+            if not self._pending and not kept:
                 return 0
             batch, self._pending = self._pending, {}
+            groups = [entries for entries in (kept, list(batch.values())) if entries]  # older states first
             try:
-                async with self.database.begin() as conn:
-                    if self._sqlite_upsert is not None:
-                        # The embedded default's hot write: straight to the driver, no per-row
-                        # SQLAlchemy parameter processing (values laid out as its SQLite types).
-                        rows = [_sqlite_values(entry.row()) for entry in batch.values()]
-                        await conn.exec_driver_sql(self._sqlite_upsert, rows)
-                    else:
-                        await conn.execute(self._upsert, [entry.row() for entry in batch.values()])
+                if self._sqlite is not None:
+                    await self._sqlite.write([[_sqlite_values(entry) for entry in group] for group in groups])
+                else:
+                    async with self.database.begin() as conn:
+                        for group in groups:
+                            await conn.execute(self._upsert, [entry.row() for entry in group])
             except BaseException:
                 # Put the batch back under anything newer, so no row is lost to a failed write.
                 batch.update(self._pending)
                 self._pending = batch
                 raise
-            return len(batch)
+            if kept:
+                self.outbox.clear()
+                self._spilled = False
+            return len(kept) + len(batch)
 
-    async def close(self) -> None:
+    async def _spill(self) -> int:
+        """Move what is pending to the outbox; how many rows it then holds."""
+        async with self._lock:
+            batch, self._pending = self._pending, {}
+            self.outbox.spill([entry.row() for entry in batch.values()])
+            self._spilled = self._spilled or bool(batch)
+            return len(self.outbox.read())
+
+    async def close(self) -> int:
+        """The final write, retried while the database is locked or away for a moment; what it
+        could not write stays in the outbox for the next start. Returns how many rows that is."""
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
-        await self.flush()
+        try:
+            return await self._final_write()
+        finally:
+            if self._sqlite is not None:
+                self._sqlite.close()
+            if self._group is not None:  # admissions still waiting: the final write was their commit
+                self._group.set_result(None)
+                self._group = None
+
+    async def _final_write(self) -> int:
+        deadline = asyncio.get_running_loop().time() + CLOSE_RETRY_SECONDS
+        while True:
+            try:
+                await self.flush()
+                return 0
+            except _DATABASE_ERRORS as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    self._seen(exc)
+                    break
+                await asyncio.sleep(0.1)
+        left = await self._spill()
+        log.error(
+            "usage rows left in the outbox; they are written at the next start",
+            extra={"rows": left, "outbox": str(self.outbox.path)},
+        )
+        return left
 
     async def month_used(self, user_id: str, month: str) -> int:
         """Tokens of `user_id`'s settled calls in `month`: what budgets load when they have none."""
-        await self.flush()
         query = sa.select(sa.func.coalesce(sa.func.sum(ledger.c.total_tokens), 0)).where(
             ledger.c.user_id == user_id, ledger.c.month == month, ledger.c.state == SETTLED
         )
-        async with self.database.connect() as conn:
-            return int((await conn.execute(query)).scalar_one())
+        async with self._reading():
+            await self.flush()
+            async with self.database.connect() as conn:
+                return int((await conn.execute(query)).scalar_one())
 
     async def month_totals(self, month: str, user_id: str | None = None) -> list[dict[str, Any]]:
         """Per-user totals for `month` (YYYY-MM), pending writes included."""
-        await self.flush()
         estimated = sa.func.sum(sa.case((ledger.c.estimated, 1), else_=0))
         query = (
             sa.select(
@@ -191,13 +308,44 @@ class Ledger:
         )
         if user_id is not None:
             query = query.where(ledger.c.user_id == user_id)
-        async with self.database.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        async with self._reading():
+            await self.flush()
+            async with self.database.connect() as conn:
+                rows = (await conn.execute(query)).mappings().all()
         # str(k): the user_id key is SQLAlchemy's `quoted_name`, a str subclass that orjson refuses as a key
         return [{"month": month, **{str(k): (v if k == "user_id" else int(v)) for k, v in row.items()}} for row in rows]
 
 
 _COLUMNS = [column.name for column in ledger.c]
+
+
+class _SqliteWriter:
+    """Group commits to the embedded SQLite, made on the event loop with a connection of their own.
+
+    A commit in WAL mode with synchronous=NORMAL is a write to the log file, no fsync: done here it
+    costs less than the four thread hops a transaction took through SQLAlchemy and aiosqlite, and
+    each admission now waits for one. A lock held elsewhere (the CLI) is waited for 0.1 s at most;
+    then the write fails like any database error and the rows go to the outbox until the next try.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.upsert = _sqlite_upsert()
+        self._connection: sqlite3.Connection | None = None
+
+    async def write(self, groups: list[list[tuple[Any, ...]]]) -> None:
+        if self._connection is None:
+            self._connection = sqlite3.connect(self.path, timeout=0.1, check_same_thread=False)
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+        with self._connection:  # one transaction: committed, or rolled back on any error
+            for rows in groups:
+                self._connection.executemany(self.upsert, rows)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
 
 def _sqlite_upsert() -> str:
@@ -210,9 +358,32 @@ def _sqlite_upsert() -> str:
     )
 
 
-def _sqlite_values(row: dict[str, Any]) -> tuple[Any, ...]:
-    # SQLAlchemy keeps SQLite datetimes as "YYYY-MM-DD HH:MM:SS[.ffffff]" text and parses it back.
-    return tuple(
-        str(value.replace(tzinfo=None)) if isinstance(value, datetime) else value
-        for value in (row[name] for name in _COLUMNS)
+# The row as the SQLite upsert takes it: the columns in table order, datetimes as the text
+# SQLAlchemy keeps them as ("YYYY-MM-DD HH:MM:SS[.ffffff]") and parses back.
+_SQLITE_ORDER = (
+    "id", "request_id", "user_id", "model", "route", "month", "status", "state", "prompt_tokens",
+    "completion_tokens", "cached_tokens", "total_tokens", "reserved_tokens", "estimated", "admitted_at", "finished_at",
+)  # fmt: skip
+assert tuple(_COLUMNS) == _SQLITE_ORDER, "the ledger's columns changed: change sqlite_values with them"
+
+
+def _sqlite_values(entry: LedgerEntry) -> tuple[Any, ...]:
+    usage, finished = entry.usage, entry.finished_at
+    return (
+        entry.id,
+        entry.request_id,
+        entry.user_id,
+        entry.model,
+        entry.route,
+        entry.month,
+        entry.status,
+        entry.state,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens,
+        usage.total_tokens,
+        entry.reserved_tokens,
+        usage.estimated,
+        str(entry.admitted_at.replace(tzinfo=None)),
+        str(finished.replace(tzinfo=None)) if finished is not None else None,
     )

@@ -9,12 +9,16 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
 
-from agent_gateway.stores.profiles import Profile, parse_models
+from agent_gateway.domain import Profile, parse_models
+from agent_gateway.errors import GatewayError, UpstreamTimeout
+from agent_gateway.upstream.client import UpstreamClient
 
+PATH = "/rest/v1/user_profiles"
 # A JWT is three base64url segments; the legacy `service_role` key is one (it starts `eyJ`).
 _JWT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 # Column names of the key in the platform's deployments, newest first (SPEC §4).
@@ -58,10 +62,9 @@ def auth_headers(service_key: str) -> dict[str, str]:
 class PostgrestProfileSource:
     """`GET {SUPABASE_URL}/rest/v1/user_profiles?id=eq.<id>&select=*` with the service key."""
 
-    def __init__(self, supabase_url: str, service_key: str, session: aiohttp.ClientSession, timeout: float = 5) -> None:
-        self.url = f"{supabase_url.rstrip('/')}/rest/v1/user_profiles"
+    def __init__(self, supabase: UpstreamClient, service_key: str, timeout: float = 5) -> None:
+        self.supabase = supabase
         self._key = service_key
-        self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_seconds = timeout
         # A JSON array, not `application/vnd.pgrst.object+json`: zero rows is then `[]` rather than a 406
@@ -69,26 +72,22 @@ class PostgrestProfileSource:
         self._headers = {**auth_headers(service_key), "Accept": "application/json"}
 
     def __repr__(self) -> str:
-        return f"PostgrestProfileSource(url={self.url!r})"
+        return f"PostgrestProfileSource(url={self.supabase.base_url + PATH!r})"
 
     async def get(self, user_id: str) -> Profile | None:
-        # `select=*` so the key column may be `litellm_key_id` or `litellm_key`; yarl percent-encodes the id.
-        params = {"id": f"eq.{user_id}", "select": "*"}
+        # `select=*` so the key column may be `litellm_key_id` or `litellm_key`.
+        query = urlencode({"id": f"eq.{user_id}", "select": "*"})
         failure: str | None = None
         try:
-            async with self._session.get(
-                self.url, params=params, headers=self._headers, timeout=self._timeout, allow_redirects=False
-            ) as response:
-                body = await response.read()
-                status = response.status
-        except TimeoutError:
+            response = await self.supabase.open("GET", f"{PATH}?{query}", headers=self._headers, timeout=self._timeout)
+            body = await response.read()
+        except UpstreamTimeout:
             failure = f"PostgREST did not answer in {self._timeout_seconds:g} s"
-        except aiohttp.ClientError as exc:
-            failure = f"PostgREST unreachable: {self._scrub(f'{type(exc).__name__}: {exc}')}"
-        if failure is not None:
-            # Raised outside the handler so the aiohttp exception is neither cause nor context: its
-            # request_info carries our request headers, the key among them.
+        except GatewayError:
+            failure = "PostgREST unreachable"
+        if failure is not None:  # raised outside the handler: nothing of the request hangs off it
             raise ProfileSourceError(failure)
+        status = response.status
 
         if not 200 <= status < 300:
             error = _error_fields(body)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
 
-from agent_gateway.stores.profiles import Profile, ProfileSource
+from agent_gateway.domain import Profile
+from agent_gateway.ops.metrics import MODEL_LABELS
+from agent_gateway.stores.profiles import ProfileSource
 
 INVALIDATION_CHANNEL = "agent-gateway:profile-changed"
 MAX_ENTRIES = 100_000
@@ -57,6 +60,8 @@ class ProfileCache:
     def _store(self, user_id: str, profile: Profile | None) -> None:
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.pop(next(iter(self._entries)))
+        if profile is not None:
+            MODEL_LABELS.learn(profile.allowed_models)
         ttl = self.positive_ttl if profile is not None else self.negative_ttl
         self._entries[user_id] = (time.monotonic() + ttl, profile)
 
@@ -75,8 +80,9 @@ async def publish_change(redis: Redis, user_id: str) -> None:
     await redis.publish(INVALIDATION_CHANNEL, user_id)
 
 
-async def listen_for_changes(redis: Redis, cache: ProfileCache) -> None:
-    """Evict profiles as the CLI changes them; reconnects until cancelled."""
+async def listen_for_changes(redis: Redis, cache: ProfileCache, forget: Sequence[Callable[[str], None]] = ()) -> None:
+    """Evict profiles (and whatever else `forget` names, per user) as the CLI changes them;
+    reconnects until cancelled."""
     task = asyncio.current_task()
     while True:
         try:
@@ -95,7 +101,9 @@ async def listen_for_changes(redis: Redis, cache: ProfileCache) -> None:
                         cache.clear()
                     elif message.get("type") == "message":
                         data = message["data"]
-                        cache.invalidate(data.decode() if isinstance(data, bytes) else str(data))
+                        user_id = data.decode() if isinstance(data, bytes) else str(data)
+                        for evict in forget or (cache.invalidate,):
+                            evict(user_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

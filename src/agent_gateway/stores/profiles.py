@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
 import sqlalchemy as sa
 
+from agent_gateway.domain import Profile, parse_models
 from agent_gateway.stores.database import Database
-
-USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")  # \Z: no trailing newline slips through
-
-
-@dataclass(frozen=True, slots=True)
-class Profile:
-    id: str
-    litellm_key: str
-    allowed_models: frozenset[str] | None = None
-    monthly_limit: int | None = None
-    created_at: datetime | None = None
-
-    def allows(self, model: str) -> bool:
-        return self.allowed_models is None or model in self.allowed_models
-
-    def __repr__(self) -> str:
-        # The key never appears in a repr, so it cannot reach a log line by accident.
-        return f"Profile(id={self.id!r}, litellm_key={mask_key(self.litellm_key)!r})"
-
-
-def mask_key(key: str) -> str:
-    """Enough of a key to tell two apart in a listing, never enough to use it."""
-    if len(key) <= 8:
-        return "****"
-    return f"{key[:3]}…{key[-4:]}"
+from agent_gateway.stores.key_cipher import KeyCipher
 
 
 class ProfileSource(Protocol):
@@ -45,10 +19,11 @@ class ProfileSource(Protocol):
 
 
 class ProfileStore:
-    """Profiles in the gateway's own database (SQLite or PostgreSQL)."""
+    """Profiles in the gateway's own database (SQLite or PostgreSQL), their keys sealed by `cipher`."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, cipher: KeyCipher) -> None:
         self.database = database
+        self.cipher = cipher
 
     @property
     def _table(self) -> sa.Table:
@@ -88,7 +63,7 @@ class ProfileStore:
             return False
         values = {
             "id": profile.id,
-            self.database.key_column: profile.litellm_key,
+            self.database.key_column: self.cipher.seal(profile.litellm_key),
             "allowed_models": self._models_value(profile.allowed_models),
             "monthly_limit": profile.monthly_limit,
         }
@@ -105,7 +80,7 @@ class ProfileStore:
         """Apply `changes` (litellm_key, allowed_models, monthly_limit); False when no such user."""
         values: dict[str, Any] = {}
         if "litellm_key" in changes:
-            values[self.database.key_column] = changes["litellm_key"]
+            values[self.database.key_column] = self.cipher.seal(changes["litellm_key"])
         if "allowed_models" in changes:
             values["allowed_models"] = self._models_value(changes["allowed_models"])
         if "monthly_limit" in changes:
@@ -125,6 +100,23 @@ class ProfileStore:
             result = await conn.execute(sa.delete(self._table).where(self._table.c.id == user_id))
         return bool(result.rowcount)
 
+    async def reseal_keys(self) -> int:
+        """Every stored key sealed under the cipher's first key (`agent-gateway keys rotate`); how many changed."""
+        key = self._key
+        async with self.database.connect() as conn:
+            rows = (await conn.execute(sa.select(self._table.c.id, key))).all()
+        changed = 0
+        for user_id, stored in rows:
+            resealed = self.cipher.resealed(stored or "") if stored else None
+            if resealed is None:
+                continue
+            async with self.database.begin() as conn:  # only if nobody set a new key meanwhile
+                result = await conn.execute(
+                    sa.update(self._table).where(self._table.c.id == user_id, key == stored).values({key: resealed})
+                )
+            changed += result.rowcount
+        return changed
+
     def _models_value(self, models: frozenset[str] | Sequence[str] | None) -> Any:
         if models is None:
             return None
@@ -137,16 +129,8 @@ class ProfileStore:
     def _profile(self, row: Any) -> Profile:
         return Profile(
             id=str(row["id"]),
-            litellm_key=row[self.database.key_column] or "",
+            litellm_key=self.cipher.open(row[self.database.key_column] or ""),
             allowed_models=parse_models(row["allowed_models"]),
             monthly_limit=row["monthly_limit"],
             created_at=row.get("created_at"),
         )
-
-
-def parse_models(value: Any) -> frozenset[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = orjson.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
-    return frozenset(str(model) for model in value)

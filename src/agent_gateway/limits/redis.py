@@ -1,0 +1,67 @@
+"""Redis for the limits: the client, and what happens when it fails (SPEC §5.5-6).
+
+When Redis cannot answer, `LIMITS_FAIL_MODE=open` goes on without it (each limit falls back
+to its own way, counted in a metric and logged once a minute), `closed` refuses with 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from agent_gateway.errors import LimitsUnavailable
+from agent_gateway.ops import metrics
+from agent_gateway.settings import Settings
+
+log = logging.getLogger("agent_gateway.limits")
+FailMode = Literal["open", "closed"]
+_CONNECT_TIMEOUT = 1.0
+
+
+def connect_redis(settings: Settings, timeout: float | None, **options: Any) -> Redis | None:
+    """A client for `REDIS_URL` whose calls give up after `timeout` seconds (None: never).
+
+    Its pool holds a connection for every request the instance may have in flight, and a call
+    finding none free waits for one (within `timeout`) instead of failing: redis-py's default
+    pool of 100 raised past 100 calls at once, and each such call fell back to per-process limits.
+    """
+    if not settings.redis_url:
+        return None
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.max_concurrent_requests,
+        timeout=timeout,
+        password=password,
+        socket_timeout=timeout,
+        # Connecting happens in bursts (a cold pool under load), when the event loop is busiest:
+        # it gets longer than a command, which a hung Redis would not answer anyway.
+        socket_connect_timeout=None if timeout is None else max(timeout, _CONNECT_TIMEOUT),
+        **options,
+    )
+    return Redis(connection_pool=pool)
+
+
+class RedisFailures:
+    """One limit's record of Redis failing: counted every time, logged once a minute."""
+
+    def __init__(self, component: str, fail_mode: FailMode) -> None:
+        self.component = component
+        self.fail_mode = fail_mode
+        self._last_warning = 0.0
+
+    def failed(self, step: str, exc: BaseException) -> None:
+        """Note the failure; in `closed` mode refuse the request (503 `limits_unavailable`)."""
+        metrics.REDIS_FALLBACKS.labels(component=self.component, mode=self.fail_mode).inc()
+        now = time.monotonic()
+        if now - self._last_warning > 60:
+            self._last_warning = now
+            log.warning(
+                "redis unavailable for limits",
+                extra={"component": self.component, "step": step, "mode": self.fail_mode, "reason": type(exc).__name__},
+            )
+        if self.fail_mode == "closed":
+            raise LimitsUnavailable()

@@ -1,0 +1,95 @@
+"""The limits on their own, in process and on the real Redis (no gateway): exact at any interleaving."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio
+
+from agent_gateway.domain import Rate
+from agent_gateway.limits.budget import ADMITTED, OVER_MONTH, OVER_RATE, BudgetRequest, MemoryBudgets, RedisBudgets
+from agent_gateway.limits.concurrency import InFlight
+from agent_gateway.limits.rate import MemoryRateLimiter, RedisRateLimiter
+
+MONTH = "2026-12"
+
+
+async def used(_user: str, _month: str) -> int:
+    return 400  # what the ledger says is settled this month
+
+
+def request(
+    rid: str, tokens: int, limit: int | None = 1000, rate: Rate | None = None, user: str = "u"
+) -> BudgetRequest:
+    return BudgetRequest(user, MONTH, rid, tokens, limit, rate)
+
+
+async def test_sliding_log_admits_exactly_the_limit_in_any_window() -> None:
+    limiter = MemoryRateLimiter()
+    rate = Rate.parse("3/second")
+    decisions = [limiter.hit_now("u", rate) for _ in range(5)]
+    assert [d.allowed for d in decisions] == [True, True, True, False, False]
+    assert decisions[2].remaining == 0 and 0 < decisions[3].retry_after <= 1
+    assert limiter.hit_now("other", rate).allowed  # per key
+    await asyncio.sleep(1.05)
+    assert limiter.hit_now("u", rate).allowed
+
+
+async def test_month_reservations_hold_the_worst_case_until_settled() -> None:
+    budgets = MemoryBudgets(used)
+    assert (await budgets.reserve(request("a", 500))).outcome == ADMITTED  # 400 + 500 <= 1000
+    refused = await budgets.reserve(request("b", 200))  # 400 + 500 held + 200 > 1000
+    assert (refused.outcome, refused.used, refused.reserved) == (OVER_MONTH, 400, 500)
+    await budgets.settle(request("a", 500), 50)  # it cost 50: 450 used, nothing held
+    assert await budgets.month_held("u", MONTH) == 450
+    assert (await budgets.reserve(request("c", 550))).outcome == ADMITTED
+
+
+async def test_a_burst_is_admitted_exactly_up_to_the_month() -> None:
+    budgets = MemoryBudgets(used)
+    decisions = await asyncio.gather(*(budgets.reserve(request(str(i), 100)) for i in range(20)))
+    assert sum(d.admitted for d in decisions) == 6  # (1000 - 400) // 100
+
+
+async def test_token_rate_refuses_past_the_window_and_says_when() -> None:
+    budgets = MemoryBudgets(used)
+    rate = Rate.parse("1000/minute")
+    assert (await budgets.reserve(request("a", 700, None, rate))).admitted
+    over = await budgets.reserve(request("b", 400, None, rate))
+    assert over.outcome == OVER_RATE and 0 < over.retry_after <= 60
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_redis_budgets_are_exact_under_a_concurrent_burst(redis_client: redis.asyncio.Redis) -> None:
+    budgets = RedisBudgets(redis_client, used, ttl=60, fail_mode="closed", prefix=f"t:{uuid.uuid4().hex}:")
+    decisions = await asyncio.gather(*(budgets.reserve(request(str(i), 100)) for i in range(50)))
+    assert sum(d.admitted for d in decisions) == 6
+    first = next(i for i, decision in enumerate(decisions) if decision.admitted)  # any 6 may win the race
+    await budgets.settle(request(str(first), 100), 10)
+    assert await budgets.month_held("u", MONTH) == 400 + 5 * 100 + 10
+
+
+async def test_redis_rate_limit_is_exact_under_a_concurrent_burst(redis_client: redis.asyncio.Redis) -> None:
+    limiter = RedisRateLimiter(redis_client, "closed", prefix=f"t:{uuid.uuid4().hex}:")
+    decisions = await asyncio.gather(*(limiter.hit("u", Rate.parse("7/minute")) for _ in range(30)))
+    assert sum(d.allowed for d in decisions) == 7
+
+
+def test_in_flight_slots_are_per_user_exact_and_given_back() -> None:
+    slots = InFlight(3)
+    assert [slots.take("u") for _ in range(5)] == [True, True, True, False, False]
+    assert slots.take("v")  # per user
+    slots.give_back("u")
+    assert slots.take("u") and not slots.take("u")
+    for _ in range(3):
+        slots.give_back("u")
+    assert slots.held("u") == 0
