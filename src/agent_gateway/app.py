@@ -164,7 +164,7 @@ def build_gateway(settings: Settings) -> Gateway:
         else MemoryBudgets(ledger.month_used)
     )
     in_flight = InFlight(settings.max_concurrent_per_user)
-    state = LimitState(profiles, limiter, budgets, in_flight, platform.breakers)
+    state = LimitState(profiles, budgets, in_flight, platform.breakers)
     streams = StreamRegistry()
     pump = StreamPump(streams, settings.stream_drain_seconds, settings.stream_drain_bytes)
     cache = ResponseCache(redis)

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio
 
 from agent_gateway.domain import Rate
-from agent_gateway.limits.budget import ADMITTED, OVER_MONTH, OVER_RATE, BudgetRequest, MemoryBudgets, RedisBudgets
+from agent_gateway.limits.budget import (
+    ADMITTED,
+    OVER_MONTH,
+    OVER_RATE,
+    OVER_REQUESTS,
+    BudgetRequest,
+    Budgets,
+    MemoryBudgets,
+    RedisBudgets,
+)
 from agent_gateway.limits.concurrency import InFlight
 from agent_gateway.limits.rate import MemoryRateLimiter, RedisRateLimiter
+from tests.conftest import free_port
 
 MONTH = "2026-12"
 
@@ -22,9 +35,14 @@ async def used(_user: str, _month: str) -> int:
 
 
 def request(
-    rid: str, tokens: int, limit: int | None = 1000, rate: Rate | None = None, user: str = "u"
+    rid: str,
+    tokens: int,
+    limit: int | None = 1000,
+    rate: Rate | None = None,
+    user: str = "u",
+    requests: Rate | None = None,
 ) -> BudgetRequest:
-    return BudgetRequest(user, MONTH, rid, tokens, limit, rate)
+    return BudgetRequest(user, MONTH, rid, tokens, limit, rate, requests=requests)
 
 
 async def test_sliding_log_admits_exactly_the_limit_in_any_window() -> None:
@@ -76,6 +94,70 @@ async def test_redis_budgets_are_exact_under_a_concurrent_burst(redis_client: re
     first = next(i for i, decision in enumerate(decisions) if decision.admitted)  # any 6 may win the race
     await budgets.settle(request(str(first), 100), 10)
     assert await budgets.month_held("u", MONTH) == 400 + 5 * 100 + 10
+
+
+@pytest.fixture(params=["memory", "redis"])
+def budgets(request: pytest.FixtureRequest, redis_client: redis.asyncio.Redis) -> Budgets:
+    if request.param == "memory":
+        return MemoryBudgets(used)
+    return RedisBudgets(redis_client, used, ttl=60, fail_mode="closed", prefix=f"t:{uuid.uuid4().hex}:")
+
+
+async def test_the_request_rate_is_exact_and_counted_before_the_month(budgets: Budgets) -> None:
+    """The request rate comes first (SPEC §5 step 5): a request the month refuses still counts."""
+    per_minute = Rate.parse("4/minute")
+    decisions = await asyncio.gather(*(budgets.reserve(request(str(i), 100, requests=per_minute)) for i in range(3)))
+    assert [d.outcome for d in decisions] == [ADMITTED] * 3
+    assert sorted(d.remaining for d in decisions) == [1, 2, 3] and all(0 < d.reset <= 60 for d in decisions)
+    too_big = await budgets.reserve(request("big", 5000, requests=per_minute))  # over the month
+    assert too_big.outcome == OVER_MONTH
+    refused = await budgets.reserve(request("late", 1, requests=per_minute))  # 4 requests this minute
+    assert refused.outcome == OVER_REQUESTS and 59 < refused.retry_after <= 60
+    assert await budgets.month_held("u", MONTH) == 400 + 3 * 100  # the refused reserved nothing
+    other = await budgets.reserve(request("x", 1, user="v", requests=per_minute))
+    assert other.admitted and other.remaining == 3  # per user
+
+
+@pytest.fixture
+def private_redis() -> Iterator[str]:
+    """A redis-server of this test's own, so its command count is this test's alone."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        probe = redis.Redis(port=port)
+        for _ in range(100):
+            with contextlib.suppress(redis.ConnectionError):
+                probe.ping()
+                break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_one_admission_is_one_redis_round_trip(private_redis: str) -> None:
+    client = redis.asyncio.Redis.from_url(private_redis)
+    budgets = RedisBudgets(client, used, ttl=60, fail_mode="closed", prefix="t:")
+    tokens, requests = Rate.parse("1000/minute"), Rate.parse("10/minute")
+    await budgets.reserve(request("warm", 10, rate=tokens, requests=requests))  # loads the month once
+    watcher = redis.asyncio.Redis.from_url(private_redis)
+    sent: list[str] = []  # what clients sent, as Redis' MONITOR saw it (not the scripts' own calls)
+    async with watcher.monitor() as monitor:
+        decision = await budgets.reserve(request("a", 10, rate=tokens, requests=requests))
+        await client.echo("done")
+        async for command in monitor.listen():
+            if command["client_type"] != "lua":
+                sent.append(command["command"].split()[0])
+            if command["command"].startswith("ECHO"):
+                break
+    assert decision.admitted and decision.remaining == 8
+    assert sent == ["EVALSHA", "ECHO"]
+    await watcher.aclose()
+    await client.aclose()
 
 
 async def test_redis_rate_limit_is_exact_under_a_concurrent_burst(redis_client: redis.asyncio.Redis) -> None:

@@ -214,7 +214,7 @@ def test_redis_stopped_mid_run_open_mode_keeps_serving_with_checked_limits(
     ]
     assert 429 in statuses and statuses[0] == 200  # the request rate is enforced by the fallback
     metrics = httpx.get(f"{gw.url}/metrics").text
-    assert 'gateway_redis_fallbacks_total{component="rate_limit",mode="open"}' in metrics
+    assert 'gateway_redis_fallbacks_total{component="budget",mode="open"}' in metrics
     assert "redis unavailable" in gw.logs()
     assert httpx.get(f"{gw.url}/health").json()["checks"]["redis"]["status"] == "error"
 

@@ -69,7 +69,7 @@ async def test_policies_holding_nothing_are_not_released() -> None:
 
 async def test_a_budget_refused_later_gives_back_the_concurrency_slot() -> None:
     budgets = MemoryBudgets(lambda user, month: _zero())
-    chain = Chain([ConcurrencyPolicy(InFlight(1)), BudgetPolicy(budgets, None)])
+    chain = Chain([ConcurrencyPolicy(InFlight(1)), BudgetPolicy(budgets, None, None)])
     with pytest.raises(BudgetExceeded):
         async with chain.admit(context(limit=10, reserve=100)):
             pass
@@ -100,7 +100,7 @@ async def test_concurrency_caps_one_user_and_not_the_others() -> None:
 
 async def test_the_budget_is_settled_with_what_the_call_cost() -> None:
     budgets = MemoryBudgets(lambda user, month: _zero())
-    chain = Chain([BudgetPolicy(budgets, None)])
+    chain = Chain([BudgetPolicy(budgets, None, None)])
     ctx = context(limit=1000, reserve=900)
     async with chain.admit(ctx):
         assert await budgets.month_held("alice", ctx.month) == 900  # the worst case, held

@@ -1,14 +1,16 @@
-"""Token budgets, reserve-then-settle (SPEC §5 step 6): the monthly limit and the token rate.
+"""A call's limits in one step (SPEC §5 steps 5-6): the request rate, then reserve-then-settle
+token budgets, the token rate and the monthly limit.
 
-At admission a call reserves its worst case. It is admitted only if
+The request counts against `RATE_LIMIT_AGENT` (a sliding log, as in `rate.py`). Then the call
+reserves its worst case, and is admitted only if
     used + reserved by others + this reservation <= limit
-for the month (`monthly_limit`) and for the rolling token window (`RATE_LIMIT_AGENT_TOKENS`),
-both in one atomic step; when it ends, the reservation is replaced by the real usage. A
-reservation expires on its own (`ttl`), so a crashed process cannot hold budget forever.
+for the month (`monthly_limit`) and for the rolling token window (`RATE_LIMIT_AGENT_TOKENS`);
+when it ends, the reservation is replaced by the real usage. A reservation expires on its own
+(`ttl`), so a crashed process cannot hold budget forever.
 
-On Redis the step is one Lua script, so every instance shares one budget. The month's `used`
-lives in Redis as a cache of the ledger: when Redis has none (restart, eviction, a new month)
-it is loaded from the ledger, which stays the source of truth.
+On Redis the whole step is one Lua script, one round trip per admission, so every instance
+shares one exact limit. The month's `used` lives in Redis as a cache of the ledger: when Redis
+has none (restart, eviction, a new month) it is loaded from the ledger, the source of truth.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agent_gateway.domain import Rate
+from agent_gateway.limits.rate import MemoryRateLimiter
 from agent_gateway.limits.redis import FailMode, RedisFailures
 
 log = logging.getLogger("agent_gateway.limits")
 MonthTotal = Callable[[str, str], Awaitable[int]]  # (user_id, month) -> settled tokens in the ledger
-ADMITTED, OVER_MONTH, OVER_RATE, NEEDS_LOAD = 1, 0, 2, -1
+ADMITTED, OVER_MONTH, OVER_RATE, OVER_REQUESTS, NEEDS_LOAD = 1, 0, 2, 3, -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,7 @@ class BudgetRequest:
     monthly_limit: int | None
     token_rate: Rate | None
     estimate: int = 0  # what the call is billed if its instance dies first (the ledger's recovery)
+    requests: Rate | None = None  # the request rate (RATE_LIMIT_AGENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,8 @@ class BudgetDecision:
     used: int = 0  # month: settled tokens; token rate: tokens in the window
     reserved: int = 0
     retry_after: float = 0.0
+    remaining: int = 0  # requests left in the request-rate window
+    reset: float = 0.0  # seconds until the oldest request in the window stops counting
 
     @property
     def admitted(self) -> bool:
@@ -132,6 +138,7 @@ class MemoryBudgets:
     def __init__(self, month_total: MonthTotal, reload_after: float | None = None) -> None:
         self.month_total = month_total
         self.reload_after = reload_after  # re-read the ledger this often (when others write it too)
+        self._requests = MemoryRateLimiter()
         self._months: TTLCache[tuple[str, str], _Month] = TTLCache(1_000_000, 3600.0)
         self._loading: dict[tuple[str, str], asyncio.Future[_Month]] = {}
         self._windows: TTLCache[str, _Window] = TTLCache(1_000_000, 86400.0)  # user -> the rolling window
@@ -140,7 +147,13 @@ class MemoryBudgets:
         month = None
         if request.monthly_limit is not None:
             month = await self._month(request.user_id, request.month)
-        # From here to the end no await: the check and the reservation are one atomic step.
+        # From here to the end no await: the checks and the reservation are one atomic step.
+        remaining, reset = 0, 0.0
+        if request.requests is not None:
+            hit = self._requests.hit_now(request.user_id, request.requests)
+            if not hit.allowed:
+                return BudgetDecision(OVER_REQUESTS, retry_after=hit.retry_after, reset=hit.reset)
+            remaining, reset = hit.remaining, hit.reset
         now = time.monotonic()
         limit = request.monthly_limit
         if month is not None and limit is not None and month.used + month.reserved + request.tokens > limit:
@@ -157,7 +170,7 @@ class MemoryBudgets:
         if month is not None:
             month.live[request.reservation_id] = request.tokens
             month.reserved += request.tokens
-        return BudgetDecision(ADMITTED, month.used if month else 0)
+        return BudgetDecision(ADMITTED, month.used if month else 0, remaining=remaining, reset=reset)
 
     async def month_held(self, user_id: str, month: str) -> int:
         held = await self._month(user_id, month)
@@ -199,13 +212,35 @@ class MemoryBudgets:
 # Each held amount is a zset (member `id:tokens`, score = when it stops counting) plus a running
 # total beside it, so an admission costs O(1) plus what expired since the last one.
 # KEYS: month used, month reservations, its total, token window, its total, this instance's
-# reservations. ARGV: tokens, id, monthly limit (-1 = none), reservation ttl ms, month total from
-# the ledger ('' = not loaded), token limit (-1 = none), window ms, '1' to replace the month total
-# with the ledger's, the call's estimate. Returns {outcome, used, reserved, retry ms}.
+# reservations, the request log. ARGV: tokens, id, monthly limit (-1 = none), reservation ttl ms,
+# month total from the ledger ('' = not loaded), token limit (-1 = none), window ms, '1' to
+# replace the month total with the ledger's, the call's estimate, request limit (-1 = none),
+# request window ms. Returns {outcome, used, reserved, retry ms, requests left, request reset ms}.
+# The request log is `rate.py`'s sliding log, here so that one admission is one round trip.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local tokens = tonumber(ARGV[1])
+local monthly = tonumber(ARGV[3])
+if monthly >= 0 and ARGV[5] == '' and redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0, 0, 0, 0} end
+local left, reset = 0, 0
+local requests = tonumber(ARGV[10])
+if requests >= 0 then
+  local period = tonumber(ARGV[11])
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - period)
+  local count = redis.call('ZCARD', KEYS[7])
+  local oldest = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
+  local first = now
+  if oldest[2] then first = tonumber(oldest[2]) end
+  reset = first + period - now
+  if count >= requests then
+    local nth = redis.call('ZRANGE', KEYS[7], count - requests, count - requests, 'WITHSCORES')
+    return {3, 0, 0, tonumber(nth[2]) + period - now, 0, reset}
+  end
+  redis.call('ZADD', KEYS[7], now, ARGV[2])
+  redis.call('PEXPIRE', KEYS[7], period)
+  left = requests - count - 1
+end
 local member = ARGV[2] .. ':' .. ARGV[1]
 local function held(zset, total)
   local gone = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
@@ -217,19 +252,16 @@ local function held(zset, total)
   end
   return tonumber(redis.call('GET', total) or '0')
 end
-local monthly = tonumber(ARGV[3])
 local used, reserved = 0, 0
 if monthly >= 0 then
   local current = redis.call('GET', KEYS[1])
-  if ARGV[8] == '1' then current = false end
-  if not current then
-    if ARGV[5] == '' then return {-1, 0, 0, 0} end
+  if ARGV[8] == '1' or not current then
     redis.call('SET', KEYS[1], ARGV[5], 'EX', 3456000)  -- 40 days: a month and its stragglers
     current = ARGV[5]
   end
   used = tonumber(current)
   reserved = held(KEYS[2], KEYS[3])
-  if used + reserved + tokens > monthly then return {0, used, reserved, 0} end
+  if used + reserved + tokens > monthly then return {0, used, reserved, 0, left, reset} end
 end
 local rate = tonumber(ARGV[6])
 if rate >= 0 then
@@ -240,9 +272,9 @@ if rate >= 0 then
     local oldest = redis.call('ZRANGE', KEYS[4], 0, 999, 'WITHSCORES')
     for i = 1, #oldest, 2 do
       excess = excess - tonumber(string.match(oldest[i], ':(%d+)$'))
-      if excess <= 0 then return {2, in_window, 0, tonumber(oldest[i + 1]) - now} end
+      if excess <= 0 then return {2, in_window, 0, tonumber(oldest[i + 1]) - now, left, reset} end
     end
-    return {2, in_window, 0, window}
+    return {2, in_window, 0, window, left, reset}
   end
   redis.call('ZADD', KEYS[4], now + window, member)
   redis.call('INCRBY', KEYS[5], tokens)
@@ -259,7 +291,7 @@ if monthly >= 0 then
   redis.call('HSET', KEYS[6], member, KEYS[1] .. '|' .. KEYS[2] .. '|' .. KEYS[3] .. '|' .. ARGV[9])
   redis.call('PEXPIRE', KEYS[6], ttl)
 end
-return {1, used, reserved, 0}
+return {1, used, reserved, 0, left, reset}
 """
 
 # KEYS as above. ARGV: id, reserved tokens, actual tokens. The month total grows only if Redis
@@ -355,7 +387,16 @@ class RedisBudgets:
         month = f"{self.prefix}{request.user_id}:{request.month}"
         window = f"{self.prefix}{request.user_id}:tokens"
         held = self._instance_key(self.instance, "held")
-        return [f"{month}:used", f"{month}:reserved", f"{month}:reserved:total", window, f"{window}:total", held]
+        requests = f"{self.prefix}{request.user_id}:requests"
+        return [
+            f"{month}:used",
+            f"{month}:reserved",
+            f"{month}:reserved:total",
+            window,
+            f"{window}:total",
+            held,
+            requests,
+        ]
 
     def _instance_key(self, instance: str, what: str) -> str:
         return f"{self.prefix}instance:{instance}:{what}"
@@ -393,6 +434,8 @@ class RedisBudgets:
             int(request.token_rate.period * 1000) if request.token_rate else 0,
             "0",
             request.estimate,
+            request.requests.limit if request.requests else -1,
+            int(request.requests.period * 1000) if request.requests else 0,
         ]
         month = (request.user_id, request.month)
         try:
@@ -405,8 +448,8 @@ class RedisBudgets:
             self._stale.discard(month)
         except (RedisError, OSError) as exc:
             return await self._degraded(request, exc)
-        outcome, used, reserved, retry_ms = (int(value) for value in result)
-        return BudgetDecision(outcome, used, reserved, retry_ms / 1000)
+        outcome, used, reserved, retry_ms, remaining, reset_ms = (int(value) for value in result)
+        return BudgetDecision(outcome, used, reserved, retry_ms / 1000, remaining, reset_ms / 1000)
 
     async def month_held(self, user_id: str, month: str) -> int:
         keys = self._keys(BudgetRequest(user_id, month, "", 0, None, None))[:3]

@@ -4,8 +4,8 @@ Each instance alone would check the month against what it can see, and two of th
 58 calls where 29 fit. Here the month is checked under a lock every instance takes (a
 transaction-scoped advisory lock per user-month) against the ledger itself, where every admitted
 call has its row: settled rows count their tokens, rows in flight their reservation. The
-admission's row is written in the same transaction, so the next check sees it. The token rate
-stays per instance (the local budgets), as request rates do.
+admission's row is written in the same transaction, so the next check sees it. The request
+and token rates stay per instance (the local budgets).
 """
 
 from __future__ import annotations
@@ -33,16 +33,15 @@ class SharedMonthBudgets:
         self.local = local
 
     async def reserve(self, request: BudgetRequest) -> BudgetDecision:
-        month = BudgetDecision(ADMITTED)
-        if request.monthly_limit is not None:
-            month = await self._reserve_month(request)
-            if not month.admitted:
-                return month
-        rate = await self.local.reserve(dataclasses.replace(request, monthly_limit=None))
-        if not rate.admitted:
-            await self._forget(request)
-            return rate
-        return month
+        local = dataclasses.replace(request, monthly_limit=None)
+        rates = await self.local.reserve(local)  # the request and token rates, first as on Redis
+        if not rates.admitted or request.monthly_limit is None:
+            return rates
+        month = await self._reserve_month(request)
+        if not month.admitted:
+            await self.local.settle(local, 0)  # the request still counts; its tokens do not
+            return month
+        return dataclasses.replace(month, remaining=rates.remaining, reset=rates.reset)
 
     async def settle(self, request: BudgetRequest, actual: int) -> None:
         await self.local.settle(dataclasses.replace(request, monthly_limit=None), actual)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from agent_gateway.asgi import BodyDeadline
 from agent_gateway.limits.budget import Budgets
 from agent_gateway.limits.concurrency import InFlight
-from agent_gateway.limits.rate import RateLimiter
 from agent_gateway.llm.relay import LLMRoute
 from agent_gateway.policies import Chain, Policy
 from agent_gateway.policies.body import BodyPolicy
@@ -18,7 +17,6 @@ from agent_gateway.policies.budget import BudgetPolicy
 from agent_gateway.policies.concurrency import ConcurrencyPolicy
 from agent_gateway.policies.models import ModelAllowListPolicy
 from agent_gateway.policies.profile import ProfilePolicy
-from agent_gateway.policies.rate_limit import RateLimitPolicy
 from agent_gateway.settings import Settings
 from agent_gateway.stores.profile_cache import ProfileCache
 from agent_gateway.upstream.breaker import Breakers
@@ -32,7 +30,6 @@ class LimitState:
     """What the policies check against, shared by every route and instance-wide."""
 
     profiles: ProfileCache
-    limiter: RateLimiter
     budgets: Budgets
     in_flight: InFlight
     breakers: Breakers
@@ -52,8 +49,8 @@ def build_llm_routes(settings: Settings, state: LimitState, identity: Policy) ->
             ),  # 2. body
             profile,  # 3. profile, cached
             ModelAllowListPolicy(),  # 4. allowed models
-            RateLimitPolicy(state.limiter, settings.rate_limit_agent),  # 5. request rate
-            BudgetPolicy(state.budgets, settings.rate_limit_agent_tokens),  # 6. token rate and month: reserve
+            # 5-6. request rate, then token rate and month reserved: one step, one Redis round trip
+            BudgetPolicy(state.budgets, settings.rate_limit_agent, settings.rate_limit_agent_tokens),
             CircuitPolicy(state.breakers, "litellm"),  # the model's breaker
         ]
     )
