@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     ledger_outbox: Path | None = None
     redis_url: str | None = None
     redis_password: SecretStr | None = None
-    redis_timeout: float = Field(default=0.1, gt=0)
+    redis_timeout: float = Field(default=0.05, gt=0)
     # Each instance says it lives this often; one silent for three beats has its reservations freed.
     instance_heartbeat_seconds: float = Field(default=10.0, gt=0)
     allowed_origins: CSV = ()
