@@ -47,7 +47,8 @@ from agent_gateway.stores.ledger import Ledger
 from agent_gateway.stores.letta_objects import LettaObjects
 from agent_gateway.stores.outbox import Outbox
 from agent_gateway.stores.postgrest import PostgrestProfileSource
-from agent_gateway.stores.profile_cache import ProfileCache, listen_for_changes
+from agent_gateway.stores.profile_cache import ProfileCache
+from agent_gateway.stores.profile_changes import ChangeLog, Forgetting, follow_changes, listen_for_changes
 from agent_gateway.stores.profiles import ProfileStore
 from agent_gateway.stores.response_cache import ResponseCache
 from agent_gateway.stores.token_versions import TokenVersions
@@ -67,8 +68,7 @@ class Platform:
         self.database = Database(settings.database_url)
         self.redis = connect_redis(settings, settings.redis_timeout)  # then LIMITS_FAIL_MODE applies
         self.litellm = UpstreamClient("litellm", settings.litellm_base_url)
-        # LiteLLM's health routes live at its root, also when calls go to `…/v1`.
-        root = settings.litellm_base_url.removesuffix("/v1")
+        root = settings.litellm_root_url
         self.litellm_root = self.litellm if root == settings.litellm_base_url else UpstreamClient("litellm", root)
         self.supabase = UpstreamClient("supabase", settings.supabase_url) if settings.supabase_url else None
         self.services = {
@@ -120,11 +120,13 @@ class Platform:
         await self.start()
         await self.ledger.start()
         self._background += [asyncio.create_task(work) for work in background]
+        forgetting = Forgetting((profiles.invalidate, versions.invalidate), profiles.clear)
+        poll = follow_changes(ChangeLog(self.database), forgetting, self.settings.profile_poll_seconds)
+        self._background.append(asyncio.create_task(poll))
         if self.settings.redis_url:
             listener = connect_redis(self.settings, timeout=None, health_check_interval=30)
             assert listener is not None
-            forget = (profiles.invalidate, versions.invalidate)
-            self._background.append(asyncio.create_task(listen_for_changes(listener, profiles, forget)))
+            self._background.append(asyncio.create_task(listen_for_changes(listener, forgetting)))
         # Everything built so far lives as long as the process: keep the collector off it.
         gc.collect()
         gc.freeze()

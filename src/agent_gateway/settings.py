@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(default=0.1, gt=0)
     # Each instance says it lives this often; one silent for three beats has its reservations freed.
     instance_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # How often each instance reads the profile change log: a change applies within twice this.
+    profile_poll_seconds: float = Field(default=0.5, gt=0, le=60)
     allowed_origins: CSV = ()
     max_concurrent_requests: int = Field(default=1000, ge=1)
     max_concurrent_per_user: int = Field(default=100, ge=1)
@@ -267,6 +269,11 @@ class Settings(BaseSettings):
         if self.database_url.startswith("sqlite:///"):
             return Path(self.database_url.removeprefix("sqlite:///") + ".outbox.jsonl").absolute()
         return Path("var/ledger-outbox.jsonl").absolute()
+
+    @property
+    def litellm_root_url(self) -> str:
+        """Where LiteLLM's health and management routes live, also when calls go to `…/v1`."""
+        return self.litellm_base_url.removesuffix("/v1")
 
     @property
     def is_production(self) -> bool:
