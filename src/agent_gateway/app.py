@@ -35,6 +35,7 @@ from agent_gateway.llm.routes import AGENT_PREFIX, LLM_PREFIX, LimitState, build
 from agent_gateway.ops import openapi
 from agent_gateway.ops.app import build_ops_app
 from agent_gateway.ops.health import HealthChecks, http_probe
+from agent_gateway.ops.users import users_for
 from agent_gateway.policies import Chain
 from agent_gateway.policies.concurrency import ConcurrencyPolicy
 from agent_gateway.policies.jwt import JWTPolicy
@@ -48,7 +49,13 @@ from agent_gateway.stores.letta_objects import LettaObjects
 from agent_gateway.stores.outbox import Outbox
 from agent_gateway.stores.postgrest import PostgrestProfileSource
 from agent_gateway.stores.profile_cache import ProfileCache
-from agent_gateway.stores.profile_changes import ChangeLog, Forgetting, follow_changes, listen_for_changes
+from agent_gateway.stores.profile_changes import (
+    ChangeLog,
+    ChangeNotices,
+    Forgetting,
+    follow_changes,
+    listen_for_changes,
+)
 from agent_gateway.stores.profiles import ProfileStore
 from agent_gateway.stores.response_cache import ResponseCache
 from agent_gateway.stores.token_versions import TokenVersions
@@ -56,6 +63,7 @@ from agent_gateway.streaming import StreamPump, StreamRegistry
 from agent_gateway.types import ASGIApp
 from agent_gateway.upstream.breaker import Breakers
 from agent_gateway.upstream.client import UpstreamClient
+from agent_gateway.upstream.litellm_admin import PriceList
 
 log = logging.getLogger("agent_gateway")
 
@@ -153,6 +161,7 @@ def build_gateway(settings: Settings) -> Gateway:
     platform = Platform(settings)
     redis, ledger = platform.redis, platform.ledger
     profiles = ProfileCache(ProfileStore(platform.database, KeyCipher(settings.key_encryption_keys)))
+    versions = TokenVersions(platform.database)
     if platform.supabase is not None and settings.supabase_service_role_key:
         profiles.source = PostgrestProfileSource(
             platform.supabase, settings.supabase_service_role_key.get_secret_value()
@@ -173,7 +182,6 @@ def build_gateway(settings: Settings) -> Gateway:
     relay = AgentRelay(settings, platform.litellm, ledger, pump, cache)
 
     jwt = JWTPolicy(_verifier(settings, platform.supabase))
-    versions = TokenVersions(platform.database)
     secret = SecretPolicy(
         settings.agent_secrets,
         settings.token_keys,
@@ -206,7 +214,11 @@ def build_gateway(settings: Settings) -> Gateway:
     }
     gateway: Gateway | None = None
     health = platform.health_checks(lambda: gateway is not None and gateway.draining)
-    ops = build_ops_app(health, ledger, settings.admin_api_key, paths)
+    # The admin API's changes apply to this instance's caches at once, and to the others through Redis or the log.
+    notices = ChangeNotices(redis, local=(profiles.invalidate, versions.invalidate))
+    users = users_for(settings, platform.database, notices, platform.litellm_root)
+    prices = PriceList(users.keys) if users.keys is not None else None
+    ops = build_ops_app(health, ledger, settings.admin_api_key, paths, users, prices)
 
     async def start() -> None:
         # With Redis, the instance's heartbeat, which also frees the reservations of dead instances.
