@@ -142,6 +142,23 @@ def test_users_set(cli: Cli) -> None:
     assert "monthly limit:  (none)\n" in shown
 
 
+def test_users_add_needs_a_key_unless_the_gateway_makes_them(cli: Cli) -> None:
+    assert cli.fails("users", "add", "alice", code=2) == (
+        "Error: Invalid value for '--litellm-key': must be given unless LITELLM_MASTER_KEY is set"
+    )
+    assert cli.fails("users", "add", "alice", "--litellm-key", "sk key", code=2) == (
+        "Error: Invalid value for '--litellm-key': must be 1-512 printable characters without spaces"
+    )
+    assert cli.fails("users", "rotate", "alice") == "Error: Rotating a user's key needs LITELLM_MASTER_KEY."
+
+
+def test_users_are_not_managed_here_when_profiles_come_from_supabase(cli: Cli) -> None:
+    for command in (["users", "list"], ["users", "add", "alice", "--litellm-key", KEY], ["users", "remove", "alice"]):
+        assert cli.fails(*command, SUPABASE_URL="http://127.0.0.1:1", SUPABASE_SERVICE_ROLE_KEY="service-key") == (
+            "Error: Users are managed in Supabase's user_profiles table, not through the gateway."
+        )
+
+
 def test_users_set_of_unknown_user_fails(cli: Cli) -> None:
     assert cli.fails("users", "set", "nobody", "--no-limit", code=1) == "Error: no user nobody"
 
@@ -333,7 +350,8 @@ def test_changes_are_announced_on_redis(cli: Cli, redis_url: str) -> None:
     try:
         confirmed = pubsub.get_message(timeout=2.0)
         assert confirmed is not None and confirmed["type"] == "subscribe"
-        cli.ok("users", "add", user_id, "--litellm-key", KEY, REDIS_URL=redis_url)
+        added = cli.ok("users", "add", user_id, "--litellm-key", KEY, REDIS_URL=redis_url)
+        assert added == f"added {user_id}: takes effect now on every instance (Redis)\n"
         cli.ok("users", "set", user_id, "--no-limit", REDIS_URL=redis_url)
         cli.ok("users", "remove", user_id, REDIS_URL=redis_url)
         cli.fails("users", "remove", user_id, REDIS_URL=redis_url)  # nothing changed, nothing announced

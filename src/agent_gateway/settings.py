@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     # Proxies whose X-Forwarded-For names the client (beyond SPEC §3); unset: the peer is the client.
     trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     litellm_base_url: str = "http://127.0.0.1:4000"
+    # LiteLLM's admin key: the gateway then makes, updates, rotates and deletes users' keys (ops/users.py).
     litellm_master_key: SecretStr | None = None
     letta_base_url: str | None = None
     letta_api_key: SecretStr | None = None
@@ -155,7 +156,7 @@ class Settings(BaseSettings):
     def _secrets(cls, value: Any) -> tuple[str, ...]:
         return _split(value)
 
-    @field_validator("admin_api_key", "supabase_jwt_secret", mode="before")
+    @field_validator("admin_api_key", "supabase_jwt_secret", "litellm_master_key", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: Any) -> Any:
         """`ADMIN_API_KEY=` left empty means no admin key, never an empty one that anybody can send."""
