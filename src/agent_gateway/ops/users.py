@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
 from enum import Enum
+from functools import partial
 from typing import Any, Final
 
 from agent_gateway.domain import USER_ID, USER_ID_PATTERN, Profile, canonical_user_id
@@ -141,27 +143,21 @@ class Users:
         self._ours()
         user_id = checked_id(user_id)
         models, limit = checked_models(allowed_models), checked_limit(monthly_limit)
+        profile = Profile(user_id, "", models, limit)
         if self.keys is None:
             if litellm_key is None:
                 raise InvalidField("litellm_key", "must be given unless LITELLM_MASTER_KEY is set")
-            key = checked_key(litellm_key)
-        else:
-            if litellm_key is not None:
-                raise InvalidField("litellm_key", "is made by the gateway when LITELLM_MASTER_KEY is set: leave it out")
-            if await self.store.get(user_id) is not None:
-                raise UserExists()  # before a key is made for nobody
-            key = await self.keys.generate_key(user_id, models)
-        made = self.keys is not None
-        try:
-            added = await self.store.add(Profile(user_id, key, models, limit))
-        except BaseException:
-            if made:
-                await self._undo("delete the new key", self._delete_key(key), user_id)
-            raise
-        if not added:
-            if made:
-                await self._undo("delete the new key", self._delete_key(key), user_id)
-            raise UserExists()
+            if not await self.store.add(replace(profile, litellm_key=checked_key(litellm_key))):
+                raise UserExists()
+            return await self._changed(user_id)
+        if litellm_key is not None:
+            raise InvalidField("litellm_key", "is made by the gateway when LITELLM_MASTER_KEY is set: leave it out")
+        if await self.store.get(user_id) is not None:
+            raise UserExists()  # before a key is made for nobody
+        key = await self.keys.generate_key(user_id, models)
+        async with self._undoing("delete the new key", partial(self.keys.delete_key, key), user_id):
+            if not await self.store.add(replace(profile, litellm_key=key)):
+                raise UserExists()
         return await self._changed(user_id)
 
     async def update(
@@ -187,31 +183,24 @@ class Users:
             raise BadRequest("Nothing to change.")
         current = await self.get(user_id)
         models = changes.get("allowed_models", current.allowed_models)
-        synced = self.keys is not None and models != current.allowed_models
-        if self.keys is not None and synced:
+        restore = None
+        if self.keys is not None and models != current.allowed_models:
             await self.keys.set_models(current.litellm_key, models)
-        try:
-            updated = await self.store.update(user_id, **changes)
-        except BaseException:
-            if self.keys is not None and synced:
-                undo = self.keys.set_models(current.litellm_key, current.allowed_models)
-                await self._undo("restore the key's models", undo, user_id)
-            raise
-        if not updated:
-            raise NoSuchUser()
+            restore = partial(self.keys.set_models, current.litellm_key, current.allowed_models)
+        async with self._undoing("restore the key's models", restore, user_id):
+            if not await self.store.update(user_id, **changes):
+                raise NoSuchUser()
         return await self._changed(user_id)
 
     async def remove(self, user_id: str) -> Changed:
+        """Remove the user (the database first: it can be put back), then delete their LiteLLM key."""
         self._ours()
         current = await self.get(user_id)
         if not await self.store.remove(current.id):
             raise NoSuchUser()
         if self.keys is not None:
-            try:
+            async with self._undoing("put the user back", partial(self.store.add, current), current.id):
                 await self.keys.delete_key(current.litellm_key)
-            except BaseException:
-                await self._undo("put the user back", self.store.add(current), current.id)
-                raise
         return Changed(None, await self.notices.send(current.id))
 
     async def rotate_key(self, user_id: str) -> Changed:
@@ -221,23 +210,13 @@ class Users:
             raise BadRequest("Rotating a user's key needs LITELLM_MASTER_KEY.")
         current = await self.get(user_id)
         key = await self.keys.generate_key(current.id, current.allowed_models)
-        try:
-            stored = await self.store.update(current.id, litellm_key=key)
-        except BaseException:
-            await self._undo("delete the new key", self._delete_key(key), current.id)
-            raise
-        if not stored:
-            await self._undo("delete the new key", self._delete_key(key), current.id)
-            raise NoSuchUser()
-        try:
-            await self.keys.delete_key(current.litellm_key)
-        except BaseException:
-            # The old key still works: keep it, so neither key is left without its user.
-            await self._undo(
-                "restore the old key", self.store.update(current.id, litellm_key=current.litellm_key), current.id
-            )
-            await self._undo("delete the new key", self._delete_key(key), current.id)
-            raise
+        async with self._undoing("delete the new key", partial(self.keys.delete_key, key), current.id):
+            if not await self.store.update(current.id, litellm_key=key):
+                raise NoSuchUser()
+            # Until the old key is deleted, it still works: if that fails, the user keeps it.
+            old = partial(self.store.update, current.id, litellm_key=current.litellm_key)
+            async with self._undoing("restore the old key", old, current.id):
+                await self.keys.delete_key(current.litellm_key)
         return await self._changed(current.id)
 
     def _ours(self) -> None:
@@ -248,19 +227,20 @@ class Users:
         told = await self.notices.send(user_id)
         return Changed(await self.store.get(user_id), told)
 
-    async def _delete_key(self, key: str) -> None:
-        assert self.keys is not None
-        await self.keys.delete_key(key)
-
-    async def _undo(self, what: str, step: Awaitable[Any], user_id: str) -> None:
-        """Run a compensating step after a failure; if it fails too, say so for an operator to finish."""
+    @contextlib.asynccontextmanager
+    async def _undoing(self, what: str, undo: Callable[[], Awaitable[Any]] | None, user_id: str) -> AsyncIterator[None]:
+        """Run `undo` if the block fails (the block's error is what the caller gets); if `undo` fails
+        too, say so in the log for an operator to finish by hand."""
         try:
-            await step
-        except Exception as exc:
-            log.error(
-                "could not undo a half-done user change",
-                extra={"user": user_id, "step": what, "reason": type(exc).__name__},
-            )
+            yield
+        except BaseException:
+            if undo is not None:
+                try:
+                    await undo()
+                except Exception as exc:
+                    extra = {"user": user_id, "step": what, "reason": type(exc).__name__}
+                    log.error("could not undo a half-done user change", extra=extra)
+            raise
 
 
 def users_for(settings: Settings, database: Database, notices: ChangeNotices, litellm: UpstreamClient | None) -> Users:
