@@ -21,8 +21,10 @@ import httpx
 import pytest
 import redis
 import sqlalchemy as sa
+from click.testing import CliRunner, Result
 from openai import AsyncOpenAI, OpenAI
 
+from agent_gateway.cli import main as cli_main
 from agent_gateway.domain import Profile
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.key_cipher import KeyCipher
@@ -154,6 +156,35 @@ def settings_variables() -> set[str]:
         if isinstance(info.validation_alias, AliasChoices):
             names.update(str(choice) for choice in info.validation_alias.choices)
     return names
+
+
+class Cli:
+    """`agent-gateway` with exactly the environment given, nothing of the caller's shell (run it in a
+    directory without a `.env`)."""
+
+    def __init__(self, **env: str) -> None:
+        self.env: dict[str, str | None] = {name: None for name in settings_variables()}
+        self.env.update(env)
+
+    def __call__(self, *args: str, **env: str) -> Result:
+        return CliRunner().invoke(cli_main, list(args), env={**self.env, **env})
+
+    def ok(self, *args: str, **env: str) -> str:
+        result = self(*args, **env)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    def fails(self, *args: str, code: int | None = None, **env: str) -> str:
+        """The one stderr line of a failure."""
+        result = self(*args, **env)
+        assert result.exit_code != 0, result.output
+        if code is not None:
+            assert result.exit_code == code
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        assert result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        return lines[0]
 
 
 def new_user() -> str:

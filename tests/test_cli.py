@@ -11,53 +11,24 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
-from click.testing import CliRunner, Result
 
 from agent_gateway.auth.agent_tokens import derive_token
-from agent_gateway.cli import main
 from agent_gateway.domain import Usage
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.ledger import Ledger, LedgerEntry
-from agent_gateway.stores.profile_cache import INVALIDATION_CHANNEL
-from tests.conftest import settings_variables
+from agent_gateway.stores.profile_changes import INVALIDATION_CHANNEL
+from tests.conftest import Cli
 
 KEY = "sk-alice-0123456789abcdef"
 OTHER_KEY = "sk-rotated-fedcba9876543210"
 SECRET = "cli-test-secret-3d9f"
 TOKEN_KEY = "cli-test-token-key-81ab"
+SOON = ": takes effect within 1 s on every instance\n"  # no Redis: gateways poll the change log
 
 
 @pytest.fixture(autouse=True)
 def no_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # a developer's `.env` stays out of these tests
-
-
-class Cli:
-    """`agent-gateway` with exactly the environment given, nothing of the caller's shell."""
-
-    def __init__(self, **env: str) -> None:
-        self.env: dict[str, str | None] = {name: None for name in settings_variables()}
-        self.env.update(env)
-
-    def __call__(self, *args: str, **env: str) -> Result:
-        return CliRunner().invoke(main, list(args), env={**self.env, **env})
-
-    def ok(self, *args: str, **env: str) -> str:
-        result = self(*args, **env)
-        assert result.exit_code == 0, result.output
-        return result.stdout
-
-    def fails(self, *args: str, code: int | None = None, **env: str) -> str:
-        """The one stderr line of a failure."""
-        result = self(*args, **env)
-        assert result.exit_code != 0, result.output
-        if code is not None:
-            assert result.exit_code == code
-        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-        assert result.stdout == ""
-        lines = result.stderr.splitlines()
-        assert len(lines) == 1, result.stderr
-        return lines[0]
 
 
 @pytest.fixture
@@ -93,9 +64,9 @@ def add_calls(database_url: str, *calls: tuple[str, datetime, Usage | None]) -> 
 
 
 def test_users_add_list_show_remove(cli: Cli) -> None:
-    assert cli.ok("users", "add", "alice", "--litellm-key", KEY) == "added alice\n"
+    assert cli.ok("users", "add", "alice", "--litellm-key", KEY) == "added alice" + SOON
     assert cli.ok("users", "add", "bob", "--litellm-key", "sk-bob", "--allowed-models", "gpt-4o, claude,") == (
-        "added bob\n"
+        "added bob" + SOON
     )
 
     listing = cli.ok("users", "list").splitlines()
@@ -113,7 +84,7 @@ def test_users_add_list_show_remove(cli: Cli) -> None:
     ]
     assert shown[4].startswith("created:        ")
 
-    assert cli.ok("users", "remove", "alice") == "removed alice\n"
+    assert cli.ok("users", "remove", "alice") == "removed alice" + SOON
     assert cli.fails("users", "show", "alice") == "Error: no user alice"
     assert cli.fails("users", "remove", "alice") == "Error: no user alice"
     assert [line.split()[0] for line in cli.ok("users", "list").splitlines()] == ["user", "bob"]
@@ -153,7 +124,7 @@ def test_users_set(cli: Cli) -> None:
     cli.ok("users", "add", "alice", "--litellm-key", KEY)
 
     assert cli.ok("users", "set", "alice", "--allowed-models", "gpt-4o,claude", "--monthly-limit", "1000") == (
-        "updated alice\n"
+        "updated alice" + SOON
     )
     shown = cli.ok("users", "show", "alice")
     assert "allowed models: claude,gpt-4o\n" in shown
@@ -171,6 +142,23 @@ def test_users_set(cli: Cli) -> None:
     assert "monthly limit:  (none)\n" in shown
 
 
+def test_users_add_needs_a_key_unless_the_gateway_makes_them(cli: Cli) -> None:
+    assert cli.fails("users", "add", "alice", code=2) == (
+        "Error: Invalid value for '--litellm-key': must be given unless LITELLM_MASTER_KEY is set"
+    )
+    assert cli.fails("users", "add", "alice", "--litellm-key", "sk key", code=2) == (
+        "Error: Invalid value for '--litellm-key': must be 1-512 printable characters without spaces"
+    )
+    assert cli.fails("users", "rotate", "alice") == "Error: Rotating a user's key needs LITELLM_MASTER_KEY."
+
+
+def test_users_are_not_managed_here_when_profiles_come_from_supabase(cli: Cli) -> None:
+    for command in (["users", "list"], ["users", "add", "alice", "--litellm-key", KEY], ["users", "remove", "alice"]):
+        assert cli.fails(*command, SUPABASE_URL="http://127.0.0.1:1", SUPABASE_SERVICE_ROLE_KEY="service-key") == (
+            "Error: Users are managed in Supabase's user_profiles table, not through the gateway."
+        )
+
+
 def test_users_set_of_unknown_user_fails(cli: Cli) -> None:
     assert cli.fails("users", "set", "nobody", "--no-limit", code=1) == "Error: no user nobody"
 
@@ -181,12 +169,15 @@ def test_users_set_of_unknown_user_fails(cli: Cli) -> None:
         ([], "Error: nothing to change"),
         (["--allowed-models", "a", "--all-models"], "Error: --allowed-models and --all-models exclude each other"),
         (["--monthly-limit", "5", "--no-limit"], "Error: --monthly-limit and --no-limit exclude each other"),
-        (["--allowed-models", " , "], "Error: Invalid value for '--allowed-models': name at least one model, or use"),
-        (["--monthly-limit", "-1"], "Error: Invalid value for '--monthly-limit': -1 is not in the range x>=0."),
         (
-            ["--monthly-limit", "lots"],
-            "Error: Invalid value for '--monthly-limit': 'lots' is not a valid integer range.",
+            ["--allowed-models", " , "],
+            "Error: Invalid value for '--allowed-models': must name at least one model, or allow every model",
         ),
+        (
+            ["--monthly-limit", "-1"],
+            "Error: Invalid value for '--monthly-limit': must be a whole number of tokens, 0 or more",
+        ),
+        (["--monthly-limit", "lots"], "Error: Invalid value for '--monthly-limit': 'lots' is not a valid integer."),
     ],
 )
 def test_users_set_usage_errors(cli: Cli, args: list[str], message: str) -> None:
@@ -359,7 +350,8 @@ def test_changes_are_announced_on_redis(cli: Cli, redis_url: str) -> None:
     try:
         confirmed = pubsub.get_message(timeout=2.0)
         assert confirmed is not None and confirmed["type"] == "subscribe"
-        cli.ok("users", "add", user_id, "--litellm-key", KEY, REDIS_URL=redis_url)
+        added = cli.ok("users", "add", user_id, "--litellm-key", KEY, REDIS_URL=redis_url)
+        assert added == f"added {user_id}: takes effect now on every instance (Redis)\n"
         cli.ok("users", "set", user_id, "--no-limit", REDIS_URL=redis_url)
         cli.ok("users", "remove", user_id, REDIS_URL=redis_url)
         cli.fails("users", "remove", user_id, REDIS_URL=redis_url)  # nothing changed, nothing announced
@@ -381,6 +373,6 @@ def test_changes_are_announced_on_redis(cli: Cli, redis_url: str) -> None:
 def test_unreachable_redis_warns_but_the_change_is_made(cli: Cli) -> None:
     result = cli("users", "add", "alice", "--litellm-key", KEY, REDIS_URL="redis://127.0.0.1:1/0")
     assert result.exit_code == 0
-    assert result.stdout == "added alice\n"
-    assert result.stderr == "warning: could not reach REDIS_URL; gateways see the change within 60 s\n"
+    assert result.stdout == "added alice" + SOON
+    assert result.stderr == "warning: could not reach REDIS_URL; gateways read the change from the database\n"
     assert "sk-…cdef" in cli.ok("users", "show", "alice")

@@ -35,6 +35,7 @@ from agent_gateway.llm.routes import AGENT_PREFIX, LLM_PREFIX, LimitState, build
 from agent_gateway.ops import openapi
 from agent_gateway.ops.app import build_ops_app
 from agent_gateway.ops.health import HealthChecks, http_probe
+from agent_gateway.ops.users import users_for
 from agent_gateway.policies import Chain
 from agent_gateway.policies.concurrency import ConcurrencyPolicy
 from agent_gateway.policies.jwt import JWTPolicy
@@ -47,7 +48,14 @@ from agent_gateway.stores.ledger import Ledger
 from agent_gateway.stores.letta_objects import LettaObjects
 from agent_gateway.stores.outbox import Outbox
 from agent_gateway.stores.postgrest import PostgrestProfileSource
-from agent_gateway.stores.profile_cache import ProfileCache, listen_for_changes
+from agent_gateway.stores.profile_cache import ProfileCache
+from agent_gateway.stores.profile_changes import (
+    ChangeLog,
+    ChangeNotices,
+    Forgetting,
+    follow_changes,
+    listen_for_changes,
+)
 from agent_gateway.stores.profiles import ProfileStore
 from agent_gateway.stores.response_cache import ResponseCache
 from agent_gateway.stores.token_versions import TokenVersions
@@ -55,6 +63,7 @@ from agent_gateway.streaming import StreamPump, StreamRegistry
 from agent_gateway.types import ASGIApp
 from agent_gateway.upstream.breaker import Breakers
 from agent_gateway.upstream.client import UpstreamClient
+from agent_gateway.upstream.litellm_admin import PriceList
 
 log = logging.getLogger("agent_gateway")
 
@@ -67,8 +76,7 @@ class Platform:
         self.database = Database(settings.database_url)
         self.redis = connect_redis(settings, settings.redis_timeout)  # then LIMITS_FAIL_MODE applies
         self.litellm = UpstreamClient("litellm", settings.litellm_base_url)
-        # LiteLLM's health routes live at its root, also when calls go to `…/v1`.
-        root = settings.litellm_base_url.removesuffix("/v1")
+        root = settings.litellm_root_url
         self.litellm_root = self.litellm if root == settings.litellm_base_url else UpstreamClient("litellm", root)
         self.supabase = UpstreamClient("supabase", settings.supabase_url) if settings.supabase_url else None
         self.services = {
@@ -120,11 +128,13 @@ class Platform:
         await self.start()
         await self.ledger.start()
         self._background += [asyncio.create_task(work) for work in background]
+        forgetting = Forgetting((profiles.invalidate, versions.invalidate), profiles.clear)
+        poll = follow_changes(ChangeLog(self.database), forgetting, self.settings.profile_poll_seconds)
+        self._background.append(asyncio.create_task(poll))
         if self.settings.redis_url:
             listener = connect_redis(self.settings, timeout=None, health_check_interval=30)
             assert listener is not None
-            forget = (profiles.invalidate, versions.invalidate)
-            self._background.append(asyncio.create_task(listen_for_changes(listener, profiles, forget)))
+            self._background.append(asyncio.create_task(listen_for_changes(listener, forgetting)))
         # Everything built so far lives as long as the process: keep the collector off it.
         gc.collect()
         gc.freeze()
@@ -151,6 +161,7 @@ def build_gateway(settings: Settings) -> Gateway:
     platform = Platform(settings)
     redis, ledger = platform.redis, platform.ledger
     profiles = ProfileCache(ProfileStore(platform.database, KeyCipher(settings.key_encryption_keys)))
+    versions = TokenVersions(platform.database)
     if platform.supabase is not None and settings.supabase_service_role_key:
         profiles.source = PostgrestProfileSource(
             platform.supabase, settings.supabase_service_role_key.get_secret_value()
@@ -171,7 +182,6 @@ def build_gateway(settings: Settings) -> Gateway:
     relay = AgentRelay(settings, platform.litellm, ledger, pump, cache)
 
     jwt = JWTPolicy(_verifier(settings, platform.supabase))
-    versions = TokenVersions(platform.database)
     secret = SecretPolicy(
         settings.agent_secrets,
         settings.token_keys,
@@ -204,7 +214,11 @@ def build_gateway(settings: Settings) -> Gateway:
     }
     gateway: Gateway | None = None
     health = platform.health_checks(lambda: gateway is not None and gateway.draining)
-    ops = build_ops_app(health, ledger, settings.admin_api_key, paths)
+    # The admin API's changes apply to this instance's caches at once, and to the others through Redis or the log.
+    notices = ChangeNotices(redis, local=(profiles.invalidate, versions.invalidate))
+    users = users_for(settings, platform.database, notices, platform.litellm_root)
+    prices = PriceList(users.keys) if users.keys is not None else None
+    ops = build_ops_app(health, ledger, settings.admin_api_key, paths, users, prices)
 
     async def start() -> None:
         # With Redis, the instance's heartbeat, which also frees the reservations of dead instances.

@@ -1,17 +1,17 @@
 """Every refusal the gateway makes, rendered in OpenAI's error shape (SPEC §8).
 
 GatewayError
-├── BadRequest (400)            InvalidPath, InvalidJSON, AlreadyExists
+├── BadRequest (400)            InvalidPath, InvalidJSON, InvalidField, AlreadyExists > UserExists
 ├── InvalidSecret (401)
 ├── Forbidden (403)             UserNotFound, ModelNotAllowed, UpstreamKeyRejected
-├── NotFound (404)
+├── NotFound (404)              NoSuchUser
 ├── MethodNotAllowed (405)
 ├── RequestTimeout (408)
 ├── BodyTooLarge (413)
 ├── HeadersTooLarge (431)
 ├── RateLimited (429)           BudgetExceeded, TooManyInFlight
 ├── ServerError (500)
-├── UpstreamError (502)
+├── UpstreamError (502)         UpstreamInvalid, KeyProvisioningFailed
 ├── ServiceUnavailable (503)    Overloaded, CircuitOpen, LimitsUnavailable
 └── UpstreamTimeout (504)
 
@@ -64,6 +64,21 @@ class AlreadyExists(BadRequest):
     message = "An object with this name exists already; names are unique across the platform."
 
 
+class InvalidField(BadRequest):
+    """A field of the admin API (or an option of the CLI) breaks its rule; `rule` says which, in words
+    both can show."""
+
+    code = "invalid_value"
+
+    def __init__(self, param: str, rule: str) -> None:
+        super().__init__(f"`{param}` {rule}.", param=param)
+        self.rule = rule
+
+
+class UserExists(AlreadyExists):
+    message = "A user with this id exists."
+
+
 class InvalidSecret(GatewayError):
     status_code = 401
     type = "authentication_error"
@@ -104,6 +119,11 @@ class NotFound(GatewayError):
     type = "not_found_error"
     code = "not_found"
     message = "No such route."
+
+
+class NoSuchUser(NotFound):
+    code = "no_such_user"
+    message = "No user with this id."
 
 
 class MethodNotAllowed(GatewayError):
@@ -183,6 +203,12 @@ class UpstreamError(GatewayError):
 class UpstreamInvalid(UpstreamError):
     code = "upstream_invalid"
     message = "The upstream service answered with something that is not the protocol's."
+
+
+class KeyProvisioningFailed(UpstreamError):
+    # LiteLLM's own message can carry key fragments, so ours says only which call failed and how.
+    code = "key_provisioning_failed"
+    message = "LiteLLM refused a key request."
 
 
 class ServiceUnavailable(GatewayError):

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     # Proxies whose X-Forwarded-For names the client (beyond SPEC §3); unset: the peer is the client.
     trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
     litellm_base_url: str = "http://127.0.0.1:4000"
+    # LiteLLM's admin key: the gateway then makes, updates, rotates and deletes users' keys (ops/users.py).
     litellm_master_key: SecretStr | None = None
     letta_base_url: str | None = None
     letta_api_key: SecretStr | None = None
@@ -117,6 +118,8 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(default=0.05, gt=0)
     # Each instance says it lives this often; one silent for three beats has its reservations freed.
     instance_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # How often each instance reads the profile change log: a change applies within twice this.
+    profile_poll_seconds: float = Field(default=0.5, gt=0, le=60)
     allowed_origins: CSV = ()
     max_concurrent_requests: int = Field(default=1000, ge=1)
     max_concurrent_per_user: int = Field(default=100, ge=1)
@@ -153,7 +156,7 @@ class Settings(BaseSettings):
     def _secrets(cls, value: Any) -> tuple[str, ...]:
         return _split(value)
 
-    @field_validator("admin_api_key", "supabase_jwt_secret", mode="before")
+    @field_validator("admin_api_key", "supabase_jwt_secret", "litellm_master_key", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: Any) -> Any:
         """`ADMIN_API_KEY=` left empty means no admin key, never an empty one that anybody can send."""
@@ -267,6 +270,11 @@ class Settings(BaseSettings):
         if self.database_url.startswith("sqlite:///"):
             return Path(self.database_url.removeprefix("sqlite:///") + ".outbox.jsonl").absolute()
         return Path("var/ledger-outbox.jsonl").absolute()
+
+    @property
+    def litellm_root_url(self) -> str:
+        """Where LiteLLM's health and management routes live, also when calls go to `…/v1`."""
+        return self.litellm_base_url.removesuffix("/v1")
 
     @property
     def is_production(self) -> bool:

@@ -16,13 +16,25 @@ Models:
 - `letta-loop`: an agent's tool loop, as a Letta agent needs it: a call to `conversation_search`
   first, then the answer (through `send_message` when the agent has that tool); usage whose
   token details hold nulls, as Gemini sends them. `letta-slow-S` answers the same after S seconds.
+
+Key management, as LiteLLM 1.x documents and serves it (litellm/proxy/management_endpoints/
+key_management_endpoints.py), with `master_key` as the only admin: `POST /key/generate`
+(`user_id`, `models`, `metadata`; answers `key`, `key_name`, `token`…), `POST /key/update`
+(404 "Key not found." for a key it does not know), `POST /key/delete` (`keys`; 404 "No keys
+found"), errors in LiteLLM's `{"error": {"message", "type", "param", "code"}}` shape. A deleted
+key is refused (401) on the LLM routes, as LiteLLM with its database refuses it. `GET
+/model/info` lists the models with prices from LiteLLM's cost map (`PRICES`). `fail(route,
+status)` makes the next call of a route fail as LiteLLM would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +45,33 @@ from tests.fakes.server import ThreadedServer
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
 LETTA_ANSWER = "Looked it up: hello."
 STREAM_WORDS = ["Hel", "lo ", "fro", "m f", "ake"]
+MASTER_KEY = "sk-litellm-master-key-for-tests"
+MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-3-5-sonnet"]
+# USD per token, as LiteLLM's model cost map has them; claude-3-5-sonnet has none here (a custom deployment).
+PRICES: dict[str, dict[str, float]] = {
+    "gpt-4o-mini": {"input_cost_per_token": 1.5e-07, "output_cost_per_token": 6e-07},
+    "gpt-4o": {
+        "input_cost_per_token": 2.5e-06,
+        "output_cost_per_token": 1e-05,
+        "cache_read_input_token_cost": 1.25e-06,
+    },
+    "text-embedding-3-small": {"input_cost_per_token": 2e-08, "output_cost_per_token": 0.0},
+}
+_KEY_ROUTES = ("/key/generate", "/key/update", "/key/delete")
+
+
+def litellm_error(status: int, message: str, type_: str, param: str | None = None) -> web.Response:
+    """LiteLLM's ProxyException answer: the status again, as a string, in `code`."""
+    error = {"message": message, "type": type_, "param": param, "code": str(status)}
+    return web.json_response({"error": error}, status=status)
+
+
+@dataclass
+class VirtualKey:
+    key: str
+    user_id: str | None
+    models: list[str]
+    metadata: dict[str, Any]
 
 
 def _sse(data: dict[str, Any]) -> bytes:
@@ -67,11 +106,20 @@ class Seen:
 class FakeLiteLLM(ThreadedServer):
     requests: list[Seen] = field(default_factory=list)
     finished_streams: int = 0
+    master_key: str = MASTER_KEY
+    keys: dict[str, VirtualKey] = field(default_factory=dict)  # the live ones
+    generated: list[VirtualKey] = field(default_factory=list)  # every key ever made
+    deleted: set[str] = field(default_factory=set)
+    failures: dict[str, list[int]] = field(default_factory=dict)
     _release: asyncio.Event | None = None
 
     def build(self) -> web.Application:
         self._release = asyncio.Event()  # made on the server's own loop
-        app = web.Application()
+        app = web.Application(middlewares=[self._refuse_deleted_keys])
+        app.router.add_post("/key/generate", self._generate_key)
+        app.router.add_post("/key/update", self._update_key)
+        app.router.add_post("/key/delete", self._delete_key)
+        app.router.add_get("/model/info", self._model_info)
         app.router.add_post("/chat/completions", self._chat)
         app.router.add_post("/responses", self._responses)
         app.router.add_post("/embeddings", self._embeddings)
@@ -101,6 +149,18 @@ class FakeLiteLLM(ThreadedServer):
     def _new_release(self) -> None:
         self._release = asyncio.Event()
 
+    def fail(self, route: str, status: int = 500) -> None:
+        """The next call of `route` answers `status` in LiteLLM's error shape, changing nothing."""
+        self.failures.setdefault(route, []).append(status)
+
+    def keys_of(self, user_id: str) -> list[str]:
+        """The live keys LiteLLM holds for `user_id`."""
+        return [key.key for key in list(self.keys.values()) if key.user_id == user_id]
+
+    def made_for(self, user_id: str) -> list[str]:
+        """Every key made for `user_id`, deleted ones too."""
+        return [key.key for key in list(self.generated) if key.user_id == user_id]
+
     def last(self) -> Seen:
         return self.requests[-1]
 
@@ -115,13 +175,101 @@ class FakeLiteLLM(ThreadedServer):
         )
         return body
 
+    @web.middleware
+    async def _refuse_deleted_keys(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if key in self.deleted and request.path not in _KEY_ROUTES:
+            message = f"Authentication Error, Invalid proxy server token passed. Received API Key = sk-...{key[-4:]}"
+            return litellm_error(401, message, "auth_error", "None")
+        return await handler(request)
+
+    async def _admin(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """The body of a key request from the master key, or LiteLLM's refusal."""
+        body = await self._record(request) or {}
+        if request.headers.get("Authorization") != f"Bearer {self.master_key}":
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            message = f"Authentication Error, Invalid proxy server token passed. Received API Key = sk-...{key[-4:]}"
+            return litellm_error(401, message, "auth_error", "None")
+        if self.failures.get(request.path):
+            status = self.failures[request.path].pop(0)
+            return litellm_error(
+                status, f"litellm.proxy.proxy_server.{request.path}(): Exception occured", "internal_server_error"
+            )
+        return body
+
+    async def _generate_key(self, request: web.Request) -> web.Response:
+        body = await self._admin(request)
+        if isinstance(body, web.Response):
+            return body
+        key = "sk-" + secrets.token_urlsafe(16)
+        record = VirtualKey(key, body.get("user_id"), list(body.get("models") or []), dict(body.get("metadata") or {}))
+        self.keys[key] = record
+        self.generated.append(record)
+        token = hashlib.sha256(key.encode()).hexdigest()
+        answer = {
+            "key": key,
+            "key_name": f"sk-...{key[-4:]}",
+            "token": token,
+            "token_id": token,
+            "user_id": record.user_id,
+            "models": record.models,
+            "metadata": record.metadata,
+            "expires": None,
+            "max_budget": None,
+            "spend": 0.0,
+        }
+        return web.json_response(answer)
+
+    async def _update_key(self, request: web.Request) -> web.Response:
+        body = await self._admin(request)
+        if isinstance(body, web.Response):
+            return body
+        record = self.keys.get(str(body.get("key")))
+        if record is None:
+            return litellm_error(404, "Key not found.", "not_found_error", "key")
+        if "models" in body:
+            record.models = list(body["models"] or [])
+        return web.json_response({"key": record.key, **{k: v for k, v in body.items() if k != "key"}})
+
+    async def _delete_key(self, request: web.Request) -> web.Response:
+        body = await self._admin(request)
+        if isinstance(body, web.Response):
+            return body
+        wanted = [str(key) for key in body.get("keys") or []]
+        found = [key for key in wanted if key in self.keys]
+        if not found:
+            return litellm_error(404, "{'error': 'No keys found'}", "internal_server_error")
+        for key in found:
+            del self.keys[key]
+            self.deleted.add(key)
+        return web.json_response({"deleted_keys": wanted})
+
+    async def _model_info(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        data = [
+            {
+                "model_name": name,
+                "litellm_params": {"model": f"openai/{name}"},
+                "model_info": {
+                    "id": hashlib.sha256(name.encode()).hexdigest(),
+                    "mode": "embedding" if "embedding" in name else "chat",
+                    "input_cost_per_token": None,
+                    "output_cost_per_token": None,
+                    **PRICES.get(name, {}),
+                },
+            }
+            for name in MODELS
+        ]
+        return web.json_response({"data": data})
+
     async def _liveliness(self, request: web.Request) -> web.Response:
         return web.json_response("I'm alive!")
 
     async def _models(self, request: web.Request) -> web.Response:
         await self._record(request)
-        models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-3-5-sonnet"]
-        data = [{"id": name, "object": "model", "created": 1677610602, "owned_by": "openai"} for name in models]
+        data = [{"id": name, "object": "model", "created": 1677610602, "owned_by": "openai"} for name in MODELS]
         return web.json_response({"data": data, "object": "list"})
 
     async def _embeddings(self, request: web.Request) -> web.Response:

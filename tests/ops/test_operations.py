@@ -134,6 +134,17 @@ def test_admin_usage_needs_the_admin_key_and_sums_the_ledger(gateway_factory: An
         "completion_tokens": 14,
         "total_tokens": 36,
         "estimated_requests": 0,
+        "estimated_cost": None,  # no LITELLM_MASTER_KEY: no prices
+        "models": [
+            {
+                "model": "gpt-4o-mini",
+                "requests": 2,
+                "prompt_tokens": 22,
+                "completion_tokens": 14,
+                "total_tokens": 36,
+                "estimated_cost": None,
+            }
+        ],
     }
     every = httpx.get(url, headers={"Authorization": f"Bearer {admin_key}"}).json()
     assert any(row["user_id"] == user_id for row in every)

@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 from agent_gateway.domain import Profile
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.key_cipher import KeyCipher
-from agent_gateway.stores.profile_cache import ProfileCache, listen_for_changes, publish_change
+from agent_gateway.stores.profile_cache import ProfileCache
+from agent_gateway.stores.profile_changes import Forgetting, listen_for_changes, publish_change
 from agent_gateway.stores.profiles import ProfileStore
 
 KEY = "sk-user-key-0123456789"
@@ -170,7 +171,7 @@ async def test_a_published_change_evicts_the_profile(store: ProfileStore, source
     await store.add(Profile(bob, KEY))
     cache = ProfileCache(source)
     await cache.get(alice)
-    listener = asyncio.create_task(listen_for_changes(redis, cache))
+    listener = asyncio.create_task(listen_for_changes(redis, Forgetting((cache.invalidate,), cache.clear)))
     try:
         # Subscribed: the listener starts from an empty cache (changes made before it listened are unknown).
         await eventually(lambda: loads_on_get(cache, source, alice))
@@ -202,7 +203,7 @@ async def test_the_listener_survives_a_lost_connection(
     alice = f"u-{uuid.uuid4().hex[:12]}"
     await store.add(Profile(alice, KEY))
     cache = ProfileCache(source)
-    listener = asyncio.create_task(listen_for_changes(listening, cache))
+    listener = asyncio.create_task(listen_for_changes(listening, Forgetting((cache.invalidate,), cache.clear)))
     try:
         await eventually(lambda: loads_on_get(cache, source, alice))
         killed = [client["id"] for client in await redis.client_list() if client["name"] == name]

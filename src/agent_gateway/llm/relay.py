@@ -7,6 +7,7 @@ The chain's policies are released after it, against what the call cost.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -194,7 +195,8 @@ class AgentRelay:
 
     async def _models(self, ctx: RequestContext, send: Send) -> None:
         """LiteLLM's model list as the user's key sees it, filtered to their allow-list; kept a minute."""
-        cached = await self.cache.get(ctx.user_id, "models")
+        cache_key = _models_cache_key(ctx)
+        cached = await self.cache.get(ctx.user_id, cache_key)
         if cached is not None:
             answer = [(b"content-type", cached[0]), (b"content-length", str(len(cached[1])).encode())]
             await send_bytes(send, 200, answer + [(b"x-cache", b"hit")] + ctx.response_headers, cached[1])
@@ -214,7 +216,15 @@ class AgentRelay:
                 raise UpstreamError("LiteLLM sent a malformed model list.") from None
             content = orjson.dumps(payload)
         if response.status == 200:
-            await self.cache.put(ctx.user_id, "models", (b"application/json", content), MODELS_CACHE_SECONDS)
+            await self.cache.put(ctx.user_id, cache_key, (b"application/json", content), MODELS_CACHE_SECONDS)
         answer = headers.to_client(response.raw_headers, headers.LLM_TO_CLIENT)
         answer.append((b"content-length", str(len(content)).encode()))
         await send_bytes(send, response.status, answer + ctx.response_headers, content)
+
+
+def _models_cache_key(ctx: RequestContext) -> str:
+    """The list depends on the user's key and allow-list: a change to either reads a new entry, at once."""
+    profile = ctx.profile
+    allowed = ",".join(sorted(profile.allowed_models)) if profile and profile.allowed_models is not None else "*"
+    key = profile.litellm_key if profile else ""
+    return "models:" + hashlib.blake2b(f"{key}\0{allowed}".encode(), digest_size=8).hexdigest()

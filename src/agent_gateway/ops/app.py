@@ -8,11 +8,11 @@ error is rendered by `errors.render_error`, as everywhere else.
 
 from __future__ import annotations
 
-import hmac
-import re
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Any
 
-from fastapi import FastAPI, Header, Query, Request
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,17 +20,33 @@ from pydantic import SecretStr
 from starlette.exceptions import HTTPException
 
 from agent_gateway import __version__
-from agent_gateway.domain import USER_ID_PATTERN, this_month
-from agent_gateway.errors import BadRequest, GatewayError, InvalidSecret, MethodNotAllowed, NotFound, render_error
+from agent_gateway.errors import (
+    BadRequest,
+    DatabaseUnavailable,
+    GatewayError,
+    InvalidField,
+    InvalidJSON,
+    MethodNotAllowed,
+    NotFound,
+    render_error,
+)
 from agent_gateway.ops import metrics
+from agent_gateway.ops.admin import build_admin_router
 from agent_gateway.ops.health import HealthChecks
 from agent_gateway.ops.openapi import describe_routes
+from agent_gateway.ops.users import Users
 from agent_gateway.stores.ledger import Ledger
+from agent_gateway.upstream.litellm_admin import PriceList
 
-_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
-
-def build_ops_app(health: HealthChecks, ledger: Ledger, admin_key: SecretStr | None, routes: dict[str, Any]) -> FastAPI:
+def build_ops_app(
+    health: HealthChecks,
+    ledger: Ledger,
+    admin_key: SecretStr | None,
+    routes: dict[str, Any],
+    users: Users,
+    prices: PriceList | None = None,
+) -> FastAPI:
     """The ops routes; `routes` are the OpenAPI paths of the routes served outside FastAPI."""
     app = FastAPI(
         title="Agent Gateway",
@@ -54,9 +70,13 @@ def build_ops_app(health: HealthChecks, ledger: Ledger, admin_key: SecretStr | N
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {}
-        param = str(first.get("loc", ["", ""])[-1]) if first else None
-        return gateway_error(request, BadRequest(f"Invalid {param or 'request'}.", param=param))
+        return gateway_error(request, _refusal(exc.errors()))
+
+    @app.exception_handler(sa.exc.OperationalError)
+    @app.exception_handler(sa.exc.InterfaceError)
+    @app.exception_handler(OSError)
+    async def on_database_down(request: Request, exc: Exception) -> Response:
+        return gateway_error(request, DatabaseUnavailable("The database cannot be reached right now."))
 
     @app.get("/ping", tags=["operations"], summary="Liveness, no I/O")
     async def ping() -> dict[str, str]:
@@ -71,40 +91,22 @@ def build_ops_app(health: HealthChecks, ledger: Ledger, admin_key: SecretStr | N
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/v1/admin/usage", tags=["admin"], summary="Token usage per user and month (bearer ADMIN_API_KEY)")
-    async def admin_usage(
-        authorization: Annotated[str | None, Header()] = None,
-        user_id: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,
-        month: Annotated[str | None, Query(description="YYYY-MM, UTC; default this month")] = None,
-    ) -> Any:
-        _require_admin(admin_key, authorization)
-        month = month or this_month()
-        if not _MONTH.match(month):
-            raise BadRequest("`month` must be YYYY-MM.", param="month")
-        totals = await ledger.month_totals(month, user_id)
-        if user_id is None:
-            return totals
-        return totals[0] if totals else _empty_usage(user_id, month)
-
+    app.include_router(build_admin_router(admin_key, ledger, users, prices))
     describe_routes(app, routes)
     return app
 
 
-def _require_admin(key: SecretStr | None, authorization: str | None) -> None:
-    if key is None:
-        raise NotFound("The admin API is off (ADMIN_API_KEY is not set).")
-    expected = f"Bearer {key.get_secret_value()}".encode()
-    if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
-        raise InvalidSecret("Missing or invalid admin key.")
-
-
-def _empty_usage(user_id: str, month: str) -> dict[str, Any]:
-    return {
-        "user_id": user_id,
-        "month": month,
-        "requests": 0,
-        "prompt_tokens": 0,
-        "completion_tokens": 0,
-        "total_tokens": 0,
-        "estimated_requests": 0,
-    }
+def _refusal(errors: Sequence[Any]) -> GatewayError:
+    """FastAPI's validation errors as one §8 error about the first field."""
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return InvalidJSON()
+    location = [str(part) for part in first.get("loc", ())]
+    param = location[-1] if len(location) > 1 else None
+    if first.get("type") == "extra_forbidden":
+        return InvalidField(param or "request", "is not a field of this request")
+    if first.get("type") == "missing":
+        return InvalidField(param or "request", "is required")
+    if location[:1] == ["body"] and len(location) > 2:  # a list's item: name the field
+        param = location[1]
+    return BadRequest(f"Invalid {param or 'request'}.", param=param)

@@ -132,10 +132,16 @@ def describe_routes(app: FastAPI, paths: dict[str, Any]) -> None:
                     operation["responses"].pop("422", None)
                     operation["responses"] = {**_errors(), **operation["responses"]}
             schema["paths"] = {**paths, **schema["paths"]}
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "agentSecret": {"type": "http", "scheme": "bearer", "description": "AGENT_SECRET_KEY or agt1. token"},
-                "supabaseToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-            }
+            schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(
+                {
+                    "agentSecret": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "AGENT_SECRET_KEY or agt1. token",
+                    },
+                    "supabaseToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                }
+            )
             app.openapi_schema = schema
         return app.openapi_schema
 

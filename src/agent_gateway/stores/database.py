@@ -64,6 +64,19 @@ token_versions = sa.Table(
 )
 
 
+# Every change to a user's profile or agent tokens, in commit order: each instance polls it and
+# forgets what it cached of that user (stores/profile_changes.py). AUTOINCREMENT: SQLite never
+# hands out a pruned number again, so a poller's "everything after N" stays true.
+profile_changes = sa.Table(
+    "profile_changes",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+
 def _profiles_table(target: sa.MetaData, dialect: str) -> sa.Table:
     allowed: sa.types.TypeEngine[Any] = postgresql.ARRAY(sa.Text) if dialect == "postgresql" else sa.JSON()
     return sa.Table(
@@ -161,4 +174,4 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-__all__ = ["Database", "engine_url", "ledger", "letta_objects", "metadata", "token_versions"]
+__all__ = ["Database", "engine_url", "ledger", "letta_objects", "metadata", "profile_changes", "token_versions"]

@@ -315,6 +315,30 @@ class Ledger:
         # str(k): the user_id key is SQLAlchemy's `quoted_name`, a str subclass that orjson refuses as a key
         return [{"month": month, **{str(k): (v if k == "user_id" else int(v)) for k, v in row.items()}} for row in rows]
 
+    async def model_totals(self, month: str, user_id: str | None = None) -> list[dict[str, Any]]:
+        """Per-user, per-model totals for `month`, cached prompt tokens apart (what prices need)."""
+        query = (
+            sa.select(
+                ledger.c.user_id,
+                ledger.c.model,
+                sa.func.count().label("requests"),
+                *(
+                    sa.func.coalesce(sa.func.sum(ledger.c[name]), 0).label(name)
+                    for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
+                ),
+            )
+            .where(ledger.c.month == month)
+            .group_by(ledger.c.user_id, ledger.c.model)
+            .order_by(ledger.c.user_id, ledger.c.model)
+        )
+        if user_id is not None:
+            query = query.where(ledger.c.user_id == user_id)
+        async with self._reading():
+            await self.flush()
+            async with self.database.connect() as conn:
+                rows = (await conn.execute(query)).mappings().all()
+        return [{str(k): (v if k in ("user_id", "model") else int(v)) for k, v in row.items()} for row in rows]
+
 
 _COLUMNS = [column.name for column in ledger.c]
 

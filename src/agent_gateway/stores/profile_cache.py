@@ -1,26 +1,19 @@
 """Profile cache: positive answers for 60 s, unknown users for 5 s (SPEC §5 step 3).
 
-Without Redis the TTL bounds how long a changed or removed user keeps the old profile. With
-Redis, every instance subscribes to one channel and the CLI publishes each change on it, so a
-change applies at once everywhere. Keys stay out of Redis: only user ids travel there.
+A change to a user evicts their entry sooner: within a poll of the change log, or at once
+through Redis (stores/profile_changes.py); the TTLs bound only what those could not tell.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Callable, Sequence
-
-from redis.asyncio import Redis
 
 from agent_gateway.domain import Profile
 from agent_gateway.ops.metrics import MODEL_LABELS
 from agent_gateway.stores.profiles import ProfileSource
 
-INVALIDATION_CHANNEL = "agent-gateway:profile-changed"
 MAX_ENTRIES = 100_000
-log = logging.getLogger("agent_gateway.profiles")
 
 
 class ProfileCache:
@@ -74,38 +67,3 @@ class ProfileCache:
         self._entries.clear()
         self._loading.clear()
         self._epoch += 1
-
-
-async def publish_change(redis: Redis, user_id: str) -> None:
-    await redis.publish(INVALIDATION_CHANNEL, user_id)
-
-
-async def listen_for_changes(redis: Redis, cache: ProfileCache, forget: Sequence[Callable[[str], None]] = ()) -> None:
-    """Evict profiles (and whatever else `forget` names, per user) as the CLI changes them;
-    reconnects until cancelled."""
-    task = asyncio.current_task()
-    while True:
-        try:
-            async with redis.pubsub() as pubsub:
-                await pubsub.subscribe(INVALIDATION_CHANNEL)
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if task is not None and task.cancelling():
-                        # redis-py can swallow a cancellation that lands while it reconnects; honour it here
-                        raise asyncio.CancelledError
-                    if message is None:
-                        continue
-                    if message.get("type") == "subscribe":
-                        # (Re)subscribed, also after redis-py reconnected on its own: changes made while we
-                        # were not listening are unknown.
-                        cache.clear()
-                    elif message.get("type") == "message":
-                        data = message["data"]
-                        user_id = data.decode() if isinstance(data, bytes) else str(data)
-                        for evict in forget or (cache.invalidate,):
-                            evict(user_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("profile invalidation channel lost; retrying", extra={"reason": type(exc).__name__})
-            await asyncio.sleep(1.0)

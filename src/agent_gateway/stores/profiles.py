@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from agent_gateway.domain import Profile, parse_models
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.key_cipher import KeyCipher
+from agent_gateway.stores.profile_changes import record_change
 
 
 class ProfileSource(Protocol):
@@ -19,7 +20,11 @@ class ProfileSource(Protocol):
 
 
 class ProfileStore:
-    """Profiles in the gateway's own database (SQLite or PostgreSQL), their keys sealed by `cipher`."""
+    """Profiles in the gateway's own database (SQLite or PostgreSQL), their keys sealed by `cipher`.
+
+    Every write logs the user in the change log in the same transaction, so running instances
+    forget their cached copy (stores/profile_changes.py).
+    """
 
     def __init__(self, database: Database, cipher: KeyCipher) -> None:
         self.database = database
@@ -33,7 +38,7 @@ class ProfileStore:
     def _key(self) -> sa.Column[Any]:
         return self._table.c[self.database.key_column]
 
-    def _can_exist(self, user_id: str) -> bool:
+    def can_hold(self, user_id: str) -> bool:
         """False for an id the table cannot hold (a platform table keyed by UUID, a non-UUID id), which
         would otherwise be a database error instead of "no such user"."""
         if not isinstance(self._table.c.id.type, sa.Uuid):
@@ -45,17 +50,25 @@ class ProfileStore:
         return True
 
     async def get(self, user_id: str) -> Profile | None:
-        if not self._can_exist(user_id):
+        if not self.can_hold(user_id):
             return None
         query = sa.select(self._table).where(self._table.c.id == user_id)
         async with self.database.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
         return self._profile(row) if row else None
 
-    async def list(self) -> list[Profile]:
+    async def list(self, after: str | None = None, limit: int | None = None) -> list[Profile]:
+        """Profiles by id; with `after`, only those whose id sorts after it (a page's cursor)."""
+        query = sa.select(self._table).order_by(self._table.c.id).limit(limit)
+        if after is not None:
+            query = query.where(self._table.c.id > after)
         async with self.database.connect() as conn:
-            rows = (await conn.execute(sa.select(self._table).order_by(self._table.c.id))).mappings().all()
+            rows = (await conn.execute(query)).mappings().all()
         return [self._profile(row) for row in rows]
+
+    async def count(self) -> int:
+        async with self.database.connect() as conn:
+            return int((await conn.execute(sa.select(sa.func.count()).select_from(self._table))).scalar_one())
 
     async def add(self, profile: Profile) -> bool:
         """Insert; False when the id is taken."""
@@ -67,9 +80,12 @@ class ProfileStore:
             "allowed_models": self._models_value(profile.allowed_models),
             "monthly_limit": profile.monthly_limit,
         }
+        if profile.created_at is not None and "created_at" in self._table.c:  # a profile put back as it was
+            values["created_at"] = profile.created_at
         try:
             async with self.database.begin() as conn:
                 await conn.execute(sa.insert(self._table).values(**values))
+                await record_change(conn, profile.id)
         except sa.exc.IntegrityError:
             if await self.get(profile.id) is not None:
                 return False  # added by someone else since we looked
@@ -85,19 +101,23 @@ class ProfileStore:
             values["allowed_models"] = self._models_value(changes["allowed_models"])
         if "monthly_limit" in changes:
             values["monthly_limit"] = changes["monthly_limit"]
-        if not self._can_exist(user_id):
+        if not self.can_hold(user_id):
             return False
         if not values:  # an empty UPDATE is a syntax error; nothing to change is fine for an existing user
             return await self.get(user_id) is not None
         async with self.database.begin() as conn:
             result = await conn.execute(sa.update(self._table).where(self._table.c.id == user_id).values(**values))
+            if result.rowcount:
+                await record_change(conn, user_id)
         return bool(result.rowcount)
 
     async def remove(self, user_id: str) -> bool:
-        if not self._can_exist(user_id):
+        if not self.can_hold(user_id):
             return False
         async with self.database.begin() as conn:
             result = await conn.execute(sa.delete(self._table).where(self._table.c.id == user_id))
+            if result.rowcount:
+                await record_change(conn, user_id)
         return bool(result.rowcount)
 
     async def reseal_keys(self) -> int:

@@ -1,8 +1,7 @@
 """Which of a user's agent tokens are revoked: every version below `revoked_before` (auth/agent_tokens.py).
 
 One row per user who ever had tokens revoked, in the gateway's own database, read through a
-short cache (the bound on how long a revoked token keeps working on an instance that was not
-told: with Redis, every instance is told at once).
+short cache that a revocation empties on every instance (stores/profile_changes.py).
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ import sqlalchemy as sa
 from cachetools import TTLCache
 
 from agent_gateway.stores.database import Database, token_versions
+from agent_gateway.stores.profile_changes import record_change
 
 CACHE_SECONDS = 5.0
 
@@ -39,6 +39,7 @@ class TokenVersions:
             )
             if not updated.rowcount:
                 await conn.execute(sa.insert(token_versions).values(user_id=user_id, revoked_before=version))
+            await record_change(conn, user_id)  # every instance drops its cached version
         self.invalidate(user_id)
         return version
 
