@@ -33,6 +33,8 @@ from agent_gateway.limits.shared_month import SharedMonthBudgets
 from agent_gateway.llm.relay import AgentRelay
 from agent_gateway.llm.routes import AGENT_PREFIX, LLM_PREFIX, LimitState, build_agent_routes, build_llm_routes
 from agent_gateway.ops import openapi
+from agent_gateway.ops.admin import instance_status
+from agent_gateway.ops.admin_page import AdminSessions
 from agent_gateway.ops.app import build_ops_app
 from agent_gateway.ops.health import HealthChecks, http_probe
 from agent_gateway.ops.users import users_for
@@ -140,6 +142,8 @@ class Platform:
         gc.freeze()
         if not self.settings.agent_secret_key and not self.settings.agent_token_key:
             log.warning("AGENT_SECRET_KEY is not set: every agent call will be refused with 401")
+        if not self.settings.admin_api_key:
+            log.warning("ADMIN_API_KEY is not set: the admin page (/admin) and the admin API are off")
         log.info("gateway started", extra={"pid": os.getpid(), "database": self.database.dialect})
 
     async def stop(self) -> None:
@@ -218,7 +222,13 @@ def build_gateway(settings: Settings) -> Gateway:
     notices = ChangeNotices(redis, local=(profiles.invalidate, versions.invalidate))
     users = users_for(settings, platform.database, notices, platform.litellm_root)
     prices = PriceList(users.keys) if users.keys is not None else None
-    ops = build_ops_app(health, ledger, settings.admin_api_key, paths, users, prices)
+    status = instance_status(settings, platform.breakers, lambda: gateway.in_flight if gateway is not None else 0)
+    sessions = (
+        AdminSessions(settings.admin_api_key, secure=settings.environment in ("staging", "production"))
+        if settings.admin_api_key is not None
+        else None
+    )
+    ops = build_ops_app(health, ledger, settings.admin_api_key, paths, users, prices, status, sessions)
 
     async def start() -> None:
         # With Redis, the instance's heartbeat, which also frees the reservations of dead instances.

@@ -9,17 +9,34 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
+from agent_gateway import __version__
 from agent_gateway.domain import USER_ID_PATTERN, this_month
 from agent_gateway.errors import BadRequest, InvalidField, InvalidSecret, NotFound
-from agent_gateway.ops.schemas import PAGE_LIMIT, ModelUsage, NewUser, Usage, User, UserChanges, UserPage
+from agent_gateway.ops.admin_page import AdminSessions
+from agent_gateway.ops.schemas import (
+    PAGE_LIMIT,
+    Breaker,
+    DailyUsage,
+    DayUsage,
+    ModelUsage,
+    NewUser,
+    Status,
+    Usage,
+    User,
+    UserChanges,
+    UserPage,
+)
 from agent_gateway.ops.users import KEEP, Users
+from agent_gateway.settings import Settings
 from agent_gateway.stores.ledger import Ledger
+from agent_gateway.upstream.breaker import Breakers
 from agent_gateway.upstream.litellm_admin import Price, PriceList
 
 PREFIX = "/api/v1/admin"
@@ -31,11 +48,20 @@ _USER_ID = Annotated[str, Path(description="The user id (a UUID in any spelling 
 
 
 def build_admin_router(
-    admin_key: SecretStr | None, ledger: Ledger, users: Users, prices: PriceList | None
+    admin_key: SecretStr | None,
+    ledger: Ledger,
+    users: Users,
+    prices: PriceList | None,
+    status: Callable[[], Status],
+    sessions: AdminSessions | None = None,
 ) -> APIRouter:
-    def require_admin(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+    def require_admin(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+    ) -> None:
         if admin_key is None:
             raise NotFound("The admin API is off (ADMIN_API_KEY is not set).")
+        if credentials is None and sessions is not None and sessions.allows(request):
+            return  # the admin page, signed in
         given = credentials.credentials.encode() if credentials is not None else b""
         if not hmac.compare_digest(given, admin_key.get_secret_value().encode()):
             raise InvalidSecret("Missing or invalid admin key.")
@@ -118,9 +144,7 @@ def build_admin_router(
         user_id: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,
         month: Annotated[str | None, Query(description="YYYY-MM, UTC; default this month")] = None,
     ) -> Any:
-        month = month or this_month()
-        if not _MONTH.match(month):
-            raise BadRequest("`month` must be YYYY-MM.", param="month")
+        month = _month(month)
         totals = await ledger.month_totals(month, user_id)
         by_model = await ledger.model_totals(month, user_id)
         known = await prices.get() if prices is not None else {}
@@ -129,7 +153,48 @@ def build_admin_router(
             return answers
         return answers[0] if answers else _usage(_empty_usage(user_id, month), [], known)
 
+    @router.get("/usage/daily", summary="Token usage per day and model in a month (what /admin charts)")
+    async def daily_usage(
+        user_id: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,
+        month: Annotated[str | None, Query(description="YYYY-MM, UTC; default this month")] = None,
+    ) -> DailyUsage:
+        month = _month(month)
+        days = await ledger.daily_totals(month, user_id)
+        return DailyUsage(month=month, user_id=user_id, days=[DayUsage(**day) for day in days])
+
+    @router.get("/status", summary="This instance: requests in flight, circuit breakers, limits in force")
+    async def instance_status() -> Status:
+        return status()
+
     return router
+
+
+def instance_status(settings: Settings, breakers: Breakers, in_flight: Callable[[], int]) -> Callable[[], Status]:
+    """What `/status` reports: read when asked, from this instance's own state."""
+    limits = {
+        "rate_limit_agent": settings.rate_limit_agent.text,
+        "rate_limit_agent_tokens": settings.rate_limit_agent_tokens.text if settings.rate_limit_agent_tokens else None,
+        "max_concurrent_per_user": settings.max_concurrent_per_user,
+        "redis": settings.redis_url is not None,
+    }
+
+    def status() -> Status:
+        return Status(
+            version=__version__,
+            in_flight=in_flight(),
+            max_in_flight=settings.max_concurrent_requests,
+            breakers=[Breaker(name=name, state=state) for name, state in breakers.states().items()],
+            limits=limits,
+        )
+
+    return status
+
+
+def _month(month: str | None) -> str:
+    month = month or this_month()
+    if not _MONTH.match(month):
+        raise BadRequest("`month` must be YYYY-MM.", param="month")
+    return month
 
 
 def _usage(totals: dict[str, Any], models: list[dict[str, Any]], prices: dict[str, Price]) -> Usage:

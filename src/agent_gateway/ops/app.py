@@ -8,7 +8,7 @@ error is rendered by `errors.render_error`, as everywhere else.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,8 +32,10 @@ from agent_gateway.errors import (
 )
 from agent_gateway.ops import metrics
 from agent_gateway.ops.admin import build_admin_router
+from agent_gateway.ops.admin_page import AdminSessions, build_admin_page, mount_assets
 from agent_gateway.ops.health import HealthChecks
 from agent_gateway.ops.openapi import describe_routes
+from agent_gateway.ops.schemas import Status
 from agent_gateway.ops.users import Users
 from agent_gateway.stores.ledger import Ledger
 from agent_gateway.upstream.litellm_admin import PriceList
@@ -45,7 +47,9 @@ def build_ops_app(
     admin_key: SecretStr | None,
     routes: dict[str, Any],
     users: Users,
-    prices: PriceList | None = None,
+    prices: PriceList | None,
+    status: Callable[[], Status],
+    sessions: AdminSessions | None,
 ) -> FastAPI:
     """The ops routes; `routes` are the OpenAPI paths of the routes served outside FastAPI."""
     app = FastAPI(
@@ -91,7 +95,10 @@ def build_ops_app(
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(build_admin_router(admin_key, ledger, users, prices))
+    app.include_router(build_admin_router(admin_key, ledger, users, prices, status, sessions))
+    if sessions is not None:
+        app.include_router(build_admin_page(sessions))
+        mount_assets(app)
     describe_routes(app, routes)
     return app
 

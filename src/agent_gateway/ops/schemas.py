@@ -146,3 +146,44 @@ class Usage(BaseModel):
 
 
 PAGE_LIMIT = {"minimum": 1, "maximum": MAX_PAGE}
+
+
+class DayUsage(BaseModel):
+    model_config = _example(
+        {"day": "2025-06-03", "model": "gpt-4o-mini", "requests": 42, "total_tokens": 18250, "estimated_requests": 1}
+    )
+
+    day: str = Field(description="The UTC day, YYYY-MM-DD.")
+    model: str | None = Field(description="The model as the user named it.")
+    requests: int
+    total_tokens: int
+    estimated_requests: int = Field(description="Calls billed by estimate (the upstream reported no usage).")
+
+
+class DailyUsage(BaseModel):
+    month: str = Field(description="YYYY-MM, UTC.")
+    user_id: str | None = Field(description="The user; null: every user.")
+    days: list[DayUsage] = Field(description="By day, then model; days without calls are left out.")
+
+
+class Breaker(BaseModel):
+    name: str = Field(description="The upstream, or `litellm:<model>` for one model's breaker.")
+    state: str = Field(description="closed (calls pass), open (refused at once) or half_open (one probe).")
+
+
+class Status(BaseModel):
+    model_config = _example(
+        {
+            "version": "0.1.0",
+            "in_flight": 3,
+            "max_in_flight": 1000,
+            "breakers": [{"name": "litellm:gpt-4o", "state": "closed"}],
+            "limits": {"rate_limit_agent": "100/minute", "rate_limit_agent_tokens": None, "redis": True},
+        }
+    )
+
+    version: str
+    in_flight: int = Field(description="Requests this instance is serving now.")
+    max_in_flight: int = Field(description="MAX_CONCURRENT_REQUESTS: past it, 503 overloaded.")
+    breakers: list[Breaker] = Field(description="This instance's circuit breakers that have seen calls.")
+    limits: dict[str, Any] = Field(description="The limits in force for every user, and whether Redis shares them.")

@@ -339,6 +339,30 @@ class Ledger:
                 rows = (await conn.execute(query)).mappings().all()
         return [{str(k): (v if k in ("user_id", "model") else int(v)) for k, v in row.items()} for row in rows]
 
+    async def daily_totals(self, month: str, user_id: str | None = None) -> list[dict[str, Any]]:
+        """Per-day (UTC), per-model totals for `month`: what the admin page charts."""
+        day = _utc_day(self.database.dialect).label("day")
+        estimated = sa.func.sum(sa.case((ledger.c.estimated, 1), else_=0))
+        query = (
+            sa.select(
+                day,
+                ledger.c.model,
+                sa.func.count().label("requests"),
+                sa.func.coalesce(sa.func.sum(ledger.c.total_tokens), 0).label("total_tokens"),
+                sa.func.coalesce(estimated, 0).label("estimated_requests"),
+            )
+            .where(ledger.c.month == month)
+            .group_by(day, ledger.c.model)
+            .order_by(day, ledger.c.model)
+        )
+        if user_id is not None:
+            query = query.where(ledger.c.user_id == user_id)
+        async with self._reading():
+            await self.flush()
+            async with self.database.connect() as conn:
+                rows = (await conn.execute(query)).mappings().all()
+        return [{"day": str(row["day"]), "model": row["model"], **{k: int(row[k]) for k in _DAY_SUMS}} for row in rows]
+
 
 _COLUMNS = [column.name for column in ledger.c]
 
@@ -411,3 +435,13 @@ def _sqlite_values(entry: LedgerEntry) -> tuple[Any, ...]:
         str(entry.admitted_at.replace(tzinfo=None)),
         str(finished.replace(tzinfo=None)) if finished is not None else None,
     )
+
+
+_DAY_SUMS = ("requests", "total_tokens", "estimated_requests")
+
+
+def _utc_day(dialect: str) -> sa.ColumnElement[str]:
+    """`admitted_at` as its UTC day, YYYY-MM-DD: PostgreSQL keeps a timestamptz, SQLite UTC text."""
+    if dialect == "postgresql":
+        return sa.func.to_char(sa.func.timezone("UTC", ledger.c.admitted_at), "YYYY-MM-DD")
+    return sa.func.substr(ledger.c.admitted_at, 1, 10)
