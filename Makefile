@@ -14,7 +14,6 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	mkdir -p var
 	$(BIN)/agent-gateway serve
 
 services:

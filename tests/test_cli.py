@@ -376,3 +376,15 @@ def test_unreachable_redis_warns_but_the_change_is_made(cli: Cli) -> None:
     assert result.stdout == "added alice" + SOON
     assert result.stderr == "warning: could not reach REDIS_URL; gateways read the change from the database\n"
     assert "sk-…cdef" in cli.ok("users", "show", "alice")
+
+
+def test_the_default_database_is_the_same_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli = Cli(XDG_DATA_HOME=str(tmp_path / "data"))  # no DATABASE_URL: the default
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    cli.ok("users", "add", "alice", "--litellm-key", KEY)
+    monkeypatch.chdir(tmp_path / "two")
+    assert "alice" in cli.ok("users", "list")
+    assert (tmp_path / "data" / "agent-gateway" / "gateway.db").exists()
+    assert not list((tmp_path / "one").iterdir()) and not list((tmp_path / "two").iterdir())

@@ -41,7 +41,7 @@ def test_defaults() -> None:
     assert settings.agent_secrets == ()
     assert settings.agent_tokens_only is False
     assert settings.litellm_base_url == "http://127.0.0.1:4000"
-    assert settings.database_url == "sqlite:///./var/gateway.db"
+    assert settings.database_url == f"sqlite:///{Path.home()}/.local/share/agent-gateway/gateway.db"
     assert settings.redis_url is None
     assert settings.allowed_origins == ()
     assert settings.rate_limit_general == Rate(1000, 60.0, "1000/minute")

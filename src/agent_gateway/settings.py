@@ -7,6 +7,7 @@ malformed secret cannot leak through an error message.
 from __future__ import annotations
 
 import base64
+import os
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -108,10 +109,13 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_SERVICE_KEY")
     )
     supabase_jwt_secret: SecretStr | None = None
-    database_url: str = "sqlite:///./var/gateway.db"
+    # The embedded defaults' files (the SQLite store, the outbox), the same wherever the gateway or
+    # the CLI is started: a relative default made the CLI elsewhere use a new, empty database.
+    agent_gateway_home: Path = Field(default_factory=lambda: _data_home())
+    database_url: str = ""  # unset: SQLite at AGENT_GATEWAY_HOME/gateway.db (`_home_database`)
     # Seals the LiteLLM keys the gateway stores; comma-separated for rotation: the first seals, all open.
     key_encryption_key: Annotated[tuple[SecretStr, ...], NoDecode] = ()
-    # Ledger rows the database cannot take wait here (JSON lines); default: beside the SQLite file, else var/.
+    # Ledger rows the database cannot take wait here (JSON lines); default: beside the SQLite file, else home.
     ledger_outbox: Path | None = None
     redis_url: str | None = None
     redis_password: SecretStr | None = None
@@ -230,6 +234,14 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _home_database(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "database_url" not in data:
+            home = Path(data.get("agent_gateway_home") or _data_home())
+            data = {**data, "database_url": f"sqlite:///{home.absolute() / 'gateway.db'}"}
+        return data
+
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
         mistakes = []  # every one of them, one line each, not just the first
@@ -269,7 +281,7 @@ class Settings(BaseSettings):
             return self.ledger_outbox.absolute()
         if self.database_url.startswith("sqlite:///"):
             return Path(self.database_url.removeprefix("sqlite:///") + ".outbox.jsonl").absolute()
-        return Path("var/ledger-outbox.jsonl").absolute()
+        return self.agent_gateway_home / "ledger-outbox.jsonl"
 
     @property
     def litellm_root_url(self) -> str:
@@ -314,3 +326,9 @@ def _describe(error: Any) -> str:
     if error["loc"]:
         return f"{str(error['loc'][0]).upper()}: {message}"
     return message
+
+
+def _data_home() -> Path:
+    """`$XDG_DATA_HOME/agent-gateway`, by default `~/.local/share/agent-gateway`."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "agent-gateway"

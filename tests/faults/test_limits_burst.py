@@ -8,7 +8,7 @@ Before the pool held a connection per request in flight, these bursts answered 1
 `REDIS_TIMEOUT` is 2 s here so that only that failure can show: under coverage, beside another
 test's gateways on two cores, 300 calls in flight can delay one Redis reply past 250 ms (28 of
 600 did in one CI run), which is a slow machine, not a leak. Without coverage the 50 ms default
-holds (README, "Limits and metering": 5 of 5 such month bursts exact on PostgreSQL).
+holds (docs/limits.md: 5 of 5 such month bursts exact on PostgreSQL).
 """
 
 from __future__ import annotations

@@ -52,6 +52,6 @@ def test_no_input_from_the_schema_makes_a_5xx_or_an_off_schema_answer(gateway_fa
         timeout=300,
         cwd=tmp_path,  # schemathesis writes its .schemathesis/ folder into the working directory
     )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-2000:]
     admitted = run(ledger_rows(gw.database_url, user_id))
     assert {row["route"] for row in admitted} >= {"chat", "embeddings"}  # the fuzz reached LiteLLM, not only 4xx

@@ -253,6 +253,9 @@ def test_the_agent_secret_is_refused_outside_the_allowed_networks(gateway_factor
         (b'{"model": 42, "messages": [{"role": "user", "content": "hi"}]}', "model"),
         (b'{"model": "gpt-4o-mini", "messages": []}', "messages"),
         (b'{"model": "gpt-4o-mini"}', "messages"),
+        # LiteLLM streams on any truthy `stream`; the gateway would have read a JSON answer (a fuzz find)
+        (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": {"a": 1}}', "stream"),
+        (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": "true"}', "stream"),
     ],
 )
 def test_malformed_bodies_are_400_and_never_forwarded(

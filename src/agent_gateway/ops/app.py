@@ -8,13 +8,14 @@ error is rendered by `errors.render_error`, as everywhere else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException
@@ -52,12 +53,21 @@ def build_ops_app(
     sessions: AdminSessions | None,
 ) -> FastAPI:
     """The ops routes; `routes` are the OpenAPI paths of the routes served outside FastAPI."""
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc load their scripts from here: they work offline
         title="Agent Gateway",
+        static_url="/docs/assets",
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
         version=__version__,
         description="OpenAI-compatible gateway for AI-agent platforms: per-user LiteLLM keys, limits and metering.",
         default_response_class=JSONResponse,
     )
+
+    @app.middleware("http")
+    async def docs_stay_here(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        if request.url.path in _DOCS_PAGES:  # ReDoc's own logo would come from its CDN: not fetched
+            response.headers["Content-Security-Policy"] = _DOCS_POLICY
+        return response
 
     def gateway_error(request: Request, error: GatewayError) -> Response:
         status, headers, body = render_error(error, request.scope.get("state", {}).get("request_id", ""))
@@ -82,16 +92,27 @@ def build_ops_app(
     async def on_database_down(request: Request, exc: Exception) -> Response:
         return gateway_error(request, DatabaseUnavailable("The database cannot be reached right now."))
 
-    @app.get("/ping", tags=["operations"], summary="Liveness, no I/O")
+    @app.get("/ping", tags=["operations"], summary="Liveness, no I/O", responses=_example({"status": "ok"}))
     async def ping() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/health", tags=["operations"], summary="Every configured dependency, checked concurrently")
+    @app.get(
+        "/health",
+        tags=["operations"],
+        summary="Every configured dependency, checked concurrently (503 when one fails or while draining)",
+        responses=_example(_HEALTH),
+    )
     async def health_report() -> JSONResponse:
         report = await health.report()
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"example": _METRICS}}}},
+    )
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
@@ -101,6 +122,33 @@ def build_ops_app(
         mount_assets(app)
     describe_routes(app, routes)
     return app
+
+
+_DOCS_PAGES = frozenset({"/docs", "/redoc"})
+# The docs pages load only what the gateway serves (their initialising script is inline).
+_DOCS_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'"
+)
+_HEALTH = {
+    "status": "ok",
+    "checks": {
+        "database": {"status": "ok", "latency_ms": 0.8},
+        "redis": {"status": "not_configured"},
+        "litellm": {"status": "ok", "latency_ms": 3.1},
+        "letta": {"status": "ok", "latency_ms": 4.7},
+        "ams": {"status": "not_configured"},
+    },
+}
+_METRICS = (
+    "# HELP gateway_requests_total Requests answered, by route template and status.\n"
+    "# TYPE gateway_requests_total counter\n"
+    'gateway_requests_total{route="/api/v1/agents/{user_id}/messages/chat/completions",status="200"} 1042.0\n'
+)
+
+
+def _example(answer: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    return {200: {"content": {"application/json": {"example": answer}}}}
 
 
 def _refusal(errors: Sequence[Any]) -> GatewayError:

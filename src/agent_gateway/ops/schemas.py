@@ -161,6 +161,23 @@ class DayUsage(BaseModel):
 
 
 class DailyUsage(BaseModel):
+    model_config = _example(
+        {
+            "month": "2025-06",
+            "user_id": "alice",
+            "days": [
+                {"day": "2025-06-03", "model": "gpt-4o", "requests": 7, "total_tokens": 5120, "estimated_requests": 0},
+                {
+                    "day": "2025-06-03",
+                    "model": "gpt-4o-mini",
+                    "requests": 42,
+                    "total_tokens": 18250,
+                    "estimated_requests": 1,
+                },
+            ],
+        }
+    )
+
     month: str = Field(description="YYYY-MM, UTC.")
     user_id: str | None = Field(description="The user; null: every user.")
     days: list[DayUsage] = Field(description="By day, then model; days without calls are left out.")

@@ -40,9 +40,13 @@ class BodyPolicy(Policy):
             if not isinstance(messages, list) or not messages:
                 raise BadRequest("`messages` must be a non-empty list.", param="messages")
         fields.check_fields(ctx.route, payload)
+        stream = payload.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            # Upstream may stream on any truthy value while the gateway would read a JSON answer.
+            raise BadRequest("`stream` must be true or false.", param="stream")
         ctx.payload = payload
         ctx.model = model
-        ctx.stream = payload.get("stream") is True
+        ctx.stream = stream is True
         # SPEC §4: an estimate is a quarter of the prompt's bytes; no tokenizer download.
         ctx.prompt_estimate = len(body) // 4
         ctx.reserve_tokens = ctx.prompt_estimate + self._completion_allowance(ctx.route, payload)
