@@ -16,8 +16,9 @@ from agent_gateway.auth.agent_tokens import derive_token
 from agent_gateway.domain import Usage
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.ledger import Ledger, LedgerEntry
-from agent_gateway.stores.profile_changes import INVALIDATION_CHANNEL
+from agent_gateway.stores.profile_changes import INVALIDATION_CHANNEL, ChangeLog
 from tests.conftest import Cli
+from tests.fakes.postgrest import SB_SECRET_KEY, running_postgrest
 
 KEY = "sk-alice-0123456789abcdef"
 OTHER_KEY = "sk-rotated-fedcba9876543210"
@@ -152,11 +153,31 @@ def test_users_add_needs_a_key_unless_the_gateway_makes_them(cli: Cli) -> None:
     assert cli.fails("users", "rotate", "alice") == "Error: Rotating a user's key needs LITELLM_MASTER_KEY."
 
 
-def test_users_are_not_managed_here_when_profiles_come_from_supabase(cli: Cli) -> None:
-    for command in (["users", "list"], ["users", "add", "alice", "--litellm-key", KEY], ["users", "remove", "alice"]):
-        assert cli.fails(*command, SUPABASE_URL="http://127.0.0.1:1", SUPABASE_SERVICE_ROLE_KEY="service-key") == (
-            "Error: Users are managed in Supabase's user_profiles table, not through the gateway."
-        )
+def test_users_are_written_to_supabase_when_profiles_come_from_there(sqlite_url: str) -> None:
+    with running_postgrest() as fake:
+        supabase = {"SUPABASE_URL": fake.url, "SUPABASE_SERVICE_ROLE_KEY": fake.service_key}
+        cli = Cli(DATABASE_URL=sqlite_url, **supabase)
+        cli.ok("users", "add", "alice", "--litellm-key", KEY, "--allowed-models", "gpt-4o-mini")
+        assert [seen.method for seen in fake.requests if seen.method != "GET"] == ["POST"]
+        cli.ok("users", "set", "alice", "--monthly-limit", "500")
+        shown = cli.ok("users", "show", "alice")
+        assert "monthly limit:  500\n" in shown and KEY not in shown
+        assert "alice" in cli.ok("users", "list")
+        cli.ok("users", "remove", "alice")
+        assert cli.fails("users", "show", "alice") == "Error: no user alice"
+        logged = asyncio.run(_changes(sqlite_url))
+        assert logged == ["alice", "alice", "alice"]  # running gateways forget each change
+    # Supabase away: one line, no key in it.
+    down = Cli(DATABASE_URL=sqlite_url, SUPABASE_URL="http://127.0.0.1:1", SUPABASE_SERVICE_ROLE_KEY=SB_SECRET_KEY)
+    assert down.fails("users", "list") == "Error: supabase: PostgREST unreachable"
+
+
+async def _changes(database_url: str) -> list[str]:
+    database = Database(database_url)
+    try:
+        return [user for _, user in await ChangeLog(database).since(0)]
+    finally:
+        await database.close()
 
 
 def test_users_set_of_unknown_user_fails(cli: Cli) -> None:

@@ -220,7 +220,7 @@ def build_gateway(settings: Settings) -> Gateway:
     health = platform.health_checks(lambda: gateway is not None and gateway.draining)
     # The admin API's changes apply to this instance's caches at once, and to the others through Redis or the log.
     notices = ChangeNotices(redis, local=(profiles.invalidate, versions.invalidate))
-    users = users_for(settings, platform.database, notices, platform.litellm_root)
+    users = users_for(settings, platform.database, notices, platform.litellm_root, platform.supabase)
     prices = PriceList(users.keys) if users.keys is not None else None
     status = instance_status(settings, platform.breakers, lambda: gateway.in_flight if gateway is not None else 0)
     sessions = (

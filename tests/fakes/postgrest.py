@@ -12,6 +12,9 @@ What it does as Supabase does:
 - rows come from PostgreSQL's own `json_agg`, so text[] is a JSON array, bigint a number, timestamptz
   "2025-01-31T12:00:00.123456+00:00", exactly as PostgREST renders them;
 - `Accept: application/vnd.pgrst.object+json`: one row → the object, else 406 PGRST116;
+- `Prefer: count=exact` → `Content-Range: 0-0/<total>`; writes: `POST` (insert one object), `PATCH`
+  and `DELETE` with the same filters, 201/204 or, with `Prefer: return=representation`, the rows
+  (shaped by `select=`); a body column the table lacks → 400 PGRST204; a taken id → 409 23505;
 - errors in PostgREST's `{"code","details","hint","message"}`: unknown column 400 `42703`, a value the
   column type refuses 400 `22P02` (e.g. a non-UUID against a uuid id), bad filter 400 PGRST100,
   unknown table 404 PGRST205.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import json
 import os
 import re
 import socket
@@ -194,6 +198,8 @@ class FakePostgrest:
             )
         app = web.Application()
         app.router.add_get("/rest/v1/{table}", self._get)
+        for method in ("POST", "PATCH", "DELETE"):
+            app.router.add_route(method, "/rest/v1/{table}", self._get)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         sock = socket.socket()
@@ -261,7 +267,7 @@ class FakePostgrest:
             await asyncio.sleep(self.delay)
         try:
             self._authorize(request)
-            response = await self._select(request)
+            response = await (self._select(request) if request.method == "GET" else self._write(request))
         except GatewayError as exc:
             response = web.json_response(exc.body, status=401)
         except PostgrestError as exc:
@@ -315,7 +321,12 @@ class FakePostgrest:
         except asyncpg.PostgresError as exc:
             raise _database_error(exc) from None
 
-        content_range = f"0-{count - 1}/*" if count else "*/*"
+        total = "*"
+        if "count=exact" in request.headers.get("Prefer", ""):
+            where_sql = f"SELECT count(*) FROM {self._table}" + (" WHERE " + " AND ".join(where) if where else "")
+            async with self._pool.acquire() as conn:
+                total = str(await conn.fetchval(where_sql, *args))
+        content_range = f"0-{count - 1}/{total}" if count else f"*/{total}"
         if OBJECT_TYPE in request.headers.get("Accept", ""):
             if count != 1:
                 raise PostgrestError(
@@ -328,6 +339,59 @@ class FakePostgrest:
                 body = await conn.fetchval("SELECT ($1::json -> 0)::text", body)
             return _json(body, OBJECT_TYPE, content_range)
         return _json(body, "application/json", content_range)
+
+    async def _write(self, request: web.Request) -> web.Response:
+        """INSERT one object (POST), UPDATE (PATCH) or DELETE the rows the filters match."""
+        table = request.match_info["table"]
+        if table != TABLE:
+            raise _no_table(table)
+        columns = await self._columns()
+        args: list[Any] = []
+        where = [
+            _condition(name, value, columns, args)
+            for name, value in request.query.items()
+            if name not in {"select", "apikey"}
+        ]
+        values: dict[str, Any] = {}
+        if request.method != "DELETE":
+            try:
+                values = await request.json()
+            except ValueError:
+                raise PostgrestError(400, "PGRST102", "Empty or invalid json") from None
+            if not isinstance(values, dict):
+                raise PostgrestError(400, "PGRST102", "All object keys must match")
+            for column in values:
+                if column not in columns:
+                    raise PostgrestError(
+                        400, "PGRST204", f"Could not find the '{column}' column of '{TABLE}' in the schema cache"
+                    )
+        record = f"json_populate_record(null::{self._table}, ${len(args) + 1}::json)"
+        names = [_ident(column) for column in values]
+        if request.method == "POST":
+            sql = f"INSERT INTO {self._table} ({', '.join(names)}) SELECT {', '.join(names)} FROM {record}"
+        elif request.method == "PATCH":
+            sql = f"UPDATE {self._table} SET ({', '.join(names)}) = (SELECT {', '.join(names)} FROM {record})"
+        else:
+            sql = f"DELETE FROM {self._table}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        select = _select_list(request.query.get("select", "*"), columns)
+        params = [*args, json.dumps(values)] if request.method != "DELETE" else args
+        try:
+            async with self._pool.acquire() as conn:
+                body = await conn.fetchval(
+                    f"WITH t AS ({sql} RETURNING *) SELECT coalesce(json_agg(x), '[]')::text"
+                    f" FROM (SELECT {select} FROM t) x",
+                    *params,
+                )
+        except asyncpg.UniqueViolationError as exc:
+            raise PostgrestError(409, "23505", str(exc), exc.detail) from None
+        except asyncpg.PostgresError as exc:
+            raise _database_error(exc) from None
+        created = request.method == "POST"
+        if "return=representation" not in request.headers.get("Prefer", ""):
+            return web.Response(status=201 if created else 204)
+        return web.Response(text=body, status=201 if created else 200, content_type="application/json", charset="utf-8")
 
 
 def _json(body: str, content_type: str, content_range: str) -> web.Response:

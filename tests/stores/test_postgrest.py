@@ -11,12 +11,30 @@ from typing import Any
 import pytest
 
 from agent_gateway.domain import Profile
-from agent_gateway.stores.postgrest import PostgrestProfileSource, ProfileSourceError, auth_headers, is_jwt
+from agent_gateway.stores.database import Database
+from agent_gateway.stores.postgrest import (
+    PostgrestProfileSource,
+    PostgrestProfileStore,
+    ProfileSourceError,
+    auth_headers,
+    is_jwt,
+)
+from agent_gateway.stores.profile_changes import ChangeLog
 from agent_gateway.stores.profiles import ProfileSource
 from agent_gateway.upstream.client import UpstreamClient
 from tests.fakes.postgrest import LEGACY_JWT_KEY, SB_SECRET_KEY, FakePostgrest, running_postgrest
 
 USER_KEY = "sk-litellm-user-0123456789"
+
+
+class _AnyTime:
+    """Equal to any `created_at` the table gave."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, datetime)
+
+
+ANY_TIME: Any = _AnyTime()
 
 
 def new_id() -> str:
@@ -215,3 +233,59 @@ async def test_postgrest_error_raises_with_its_code(supabase: Supabase) -> None:
 
     assert caught.value.status == 404
     assert "PGRST205" in str(caught.value) and fake.service_key not in str(caught.value)
+
+
+@pytest.fixture
+async def change_log(tmp_path: Any) -> AsyncIterator[Database]:
+    database = Database(f"sqlite:///{tmp_path}/gateway.db")
+    await database.start()
+    yield database
+    await database.close()
+
+
+async def test_the_store_writes_users_through_postgrest_and_logs_each_change(
+    fake: FakePostgrest, supabase: Supabase, change_log: Database
+) -> None:
+    store = PostgrestProfileStore(await supabase(fake.url), fake.service_key, change_log)
+    first, second = sorted([new_id(), new_id()])
+    before = await store.count()
+    assert await store.add(Profile(first, USER_KEY, frozenset({"gpt-4o", "a"}), 1000))
+    assert not await store.add(Profile(first, "sk-another", None, None))  # the id is taken
+    assert await store.add(Profile(second, USER_KEY, None, None))
+    assert await store.count() == before + 2
+    assert await store.get(first) == Profile(first, USER_KEY, frozenset({"gpt-4o", "a"}), 1000, ANY_TIME)
+    after_first = [p.id for p in await store.list(after=first)]  # other tests' users share the table
+    assert second in after_first and first not in after_first and after_first == sorted(after_first)
+    assert len(await store.list(limit=1)) == 1
+
+    assert await store.update(first, allowed_models=None, monthly_limit=5)
+    changed = await store.get(first)
+    assert changed is not None and (changed.allowed_models, changed.monthly_limit) == (None, 5)
+    assert not await store.update(new_id(), monthly_limit=5)
+    assert await store.remove(second) and not await store.remove(second)
+    assert await store.get(second) is None
+    logged = await ChangeLog(change_log).since(0)
+    assert [user for _, user in logged] == [first, second, first, second]  # every instance forgets these
+
+
+async def test_the_older_key_column_and_a_uuid_keyed_table(supabase: Supabase, change_log: Database) -> None:
+    with running_postgrest(key_column="litellm_key", id_type="uuid") as fake:
+        store = PostgrestProfileStore(await supabase(fake.url), fake.service_key, change_log)
+        user = str(uuid.uuid4())
+        assert await store.add(Profile(user, USER_KEY, None, 10))
+        found = await store.get(user)
+        assert found is not None and found.litellm_key == USER_KEY
+        assert await store.get("not-a-uuid") is None and not await store.remove("not-a-uuid")
+
+
+async def test_a_write_while_postgrest_is_away_is_an_error_without_the_key(
+    supabase: Supabase, change_log: Database
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = PostgrestProfileStore(await supabase(f"http://127.0.0.1:{port}"), SB_SECRET_KEY, change_log)
+    with pytest.raises(ProfileSourceError) as caught:
+        await store.add(Profile(new_id(), USER_KEY, None, None))
+    assert "unreachable" in str(caught.value) and SB_SECRET_KEY not in str(caught.value)
+    assert await ChangeLog(change_log).since(0) == []

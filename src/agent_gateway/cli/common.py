@@ -15,6 +15,7 @@ from agent_gateway.ops.users import checked_id
 from agent_gateway.settings import ConfigError, Settings, load_settings
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.key_cipher import KeyUnreadable
+from agent_gateway.stores.postgrest import ProfileSourceError
 
 T = TypeVar("T")
 _OPTIONS = {"id": "'USER_ID'", "user_id": "'USER_ID'"}  # any other field is the option of its name
@@ -75,6 +76,8 @@ def run(work: Callable[[Settings, Database], Coroutine[Any, Any, T]], user_id: s
         raise click.ClickException(f"user {user_id} exists; use `users set`") from None
     except GatewayError as exc:  # LiteLLM refused or could not be reached; a rule of the users API
         raise click.ClickException(str(exc)) from None
+    except ProfileSourceError as exc:  # Supabase's PostgREST, when profiles live there (no key in the text)
+        raise click.ClickException(f"supabase: {exc}") from None
 
 
 class OneLineErrors(click.Group):

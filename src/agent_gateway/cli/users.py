@@ -27,13 +27,19 @@ def _run_users(work: Callable[[Users], Awaitable[T]], user_id: str | None = None
 
         redis = connect_redis(settings, timeout=2.0)
         litellm = UpstreamClient("litellm", settings.litellm_root_url) if settings.litellm_master_key else None
+        supabase = (
+            UpstreamClient("supabase", settings.supabase_url)
+            if settings.profiles_from_postgrest and settings.supabase_url
+            else None
+        )
+        clients = [client for client in (litellm, supabase) if client is not None]
         try:
-            if litellm is not None:
-                await litellm.start()
-            return settings, await work(users_for(settings, database, ChangeNotices(redis), litellm))
+            for client in clients:
+                await client.start()
+            return settings, await work(users_for(settings, database, ChangeNotices(redis), litellm, supabase))
         finally:
-            if litellm is not None:
-                await litellm.close()
+            for client in clients:
+                await client.close()
             if redis is not None:
                 await redis.aclose()
 

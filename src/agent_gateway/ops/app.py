@@ -29,6 +29,7 @@ from agent_gateway.errors import (
     InvalidJSON,
     MethodNotAllowed,
     NotFound,
+    ServiceUnavailable,
     render_error,
 )
 from agent_gateway.ops import metrics
@@ -39,6 +40,7 @@ from agent_gateway.ops.openapi import describe_routes
 from agent_gateway.ops.schemas import Status
 from agent_gateway.ops.users import Users
 from agent_gateway.stores.ledger import Ledger
+from agent_gateway.stores.postgrest import ProfileSourceError
 from agent_gateway.upstream.litellm_admin import PriceList
 
 
@@ -85,6 +87,10 @@ def build_ops_app(
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
         return gateway_error(request, _refusal(exc.errors()))
+
+    @app.exception_handler(ProfileSourceError)
+    async def on_profiles_down(request: Request, exc: ProfileSourceError) -> Response:
+        return gateway_error(request, ServiceUnavailable("Supabase's user_profiles cannot be reached right now."))
 
     @app.exception_handler(sa.exc.OperationalError)
     @app.exception_handler(sa.exc.InterfaceError)

@@ -26,12 +26,13 @@ from functools import partial
 from typing import Any, Final
 
 from agent_gateway.domain import USER_ID, USER_ID_PATTERN, Profile, canonical_user_id
-from agent_gateway.errors import BadRequest, InvalidField, NoSuchUser, NotFound, UserExists
+from agent_gateway.errors import BadRequest, InvalidField, NoSuchUser, UserExists
 from agent_gateway.settings import Settings
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.key_cipher import KeyCipher
+from agent_gateway.stores.postgrest import PostgrestProfileStore
 from agent_gateway.stores.profile_changes import ChangeNotices
-from agent_gateway.stores.profiles import ProfileStore
+from agent_gateway.stores.profiles import ProfileStore, UserStore
 from agent_gateway.upstream.client import UpstreamClient
 from agent_gateway.upstream.litellm_admin import LiteLLMAdmin
 
@@ -94,30 +95,21 @@ class Page:
 
 
 class Users:
-    """Users in the gateway's own store. `keys` is LiteLLM's management API when LITELLM_MASTER_KEY
-    is set; `elsewhere` names where profiles live when the gateway reads them from the platform."""
+    """Users in their store (the gateway's database, or Supabase's table through PostgREST). `keys`
+    is LiteLLM's management API when LITELLM_MASTER_KEY is set."""
 
-    def __init__(
-        self,
-        store: ProfileStore,
-        notices: ChangeNotices,
-        keys: LiteLLMAdmin | None = None,
-        elsewhere: str | None = None,
-    ) -> None:
+    def __init__(self, store: UserStore, notices: ChangeNotices, keys: LiteLLMAdmin | None = None) -> None:
         self.store = store
         self.notices = notices
         self.keys = keys
-        self.elsewhere = elsewhere
 
     async def get(self, user_id: str) -> Profile:
-        self._ours()
         profile = await self.store.get(checked_id(user_id, "user_id"))
         if profile is None:
             raise NoSuchUser()
         return profile
 
     async def page(self, limit: int = 50, cursor: str | None = None) -> Page:
-        self._ours()
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidField("limit", f"must be from 1 to {MAX_PAGE}")
         after = _decode_cursor(cursor) if cursor else None
@@ -129,7 +121,6 @@ class Users:
         return Page(users, await self.store.count(), _encode_cursor(users[-1].id) if more else None)
 
     async def every(self) -> list[Profile]:
-        self._ours()
         return await self.store.list()
 
     async def create(
@@ -140,7 +131,6 @@ class Users:
         allowed_models: Iterable[str] | None = None,
         monthly_limit: int | None = None,
     ) -> Changed:
-        self._ours()
         user_id = checked_id(user_id)
         models, limit = checked_models(allowed_models), checked_limit(monthly_limit)
         profile = Profile(user_id, "", models, limit)
@@ -168,7 +158,6 @@ class Users:
         allowed_models: Iterable[str] | None | Keep = KEEP,
         monthly_limit: int | None | Keep = KEEP,
     ) -> Changed:
-        self._ours()
         user_id = checked_id(user_id, "user_id")
         changes: dict[str, Any] = {}
         if not isinstance(litellm_key, Keep):
@@ -194,7 +183,6 @@ class Users:
 
     async def remove(self, user_id: str) -> Changed:
         """Remove the user (the database first: it can be put back), then delete their LiteLLM key."""
-        self._ours()
         current = await self.get(user_id)
         if not await self.store.remove(current.id):
             raise NoSuchUser()
@@ -205,7 +193,6 @@ class Users:
 
     async def rotate_key(self, user_id: str) -> Changed:
         """A new LiteLLM key for the user; the old one is deleted once the new one is stored."""
-        self._ours()
         if self.keys is None:
             raise BadRequest("Rotating a user's key needs LITELLM_MASTER_KEY.")
         current = await self.get(user_id)
@@ -218,10 +205,6 @@ class Users:
             async with self._undoing("restore the old key", old, current.id):
                 await self.keys.delete_key(current.litellm_key)
         return await self._changed(current.id)
-
-    def _ours(self) -> None:
-        if self.elsewhere is not None:
-            raise NotFound(f"Users are managed in {self.elsewhere}, not through the gateway.")
 
     async def _changed(self, user_id: str) -> Changed:
         told = await self.notices.send(user_id)
@@ -243,13 +226,25 @@ class Users:
             raise
 
 
-def users_for(settings: Settings, database: Database, notices: ChangeNotices, litellm: UpstreamClient | None) -> Users:
+def users_for(
+    settings: Settings,
+    database: Database,
+    notices: ChangeNotices,
+    litellm: UpstreamClient | None,
+    supabase: UpstreamClient | None = None,
+) -> Users:
     """Users as `settings` configure them, for the server and the CLI alike; `litellm` is a client at
-    LiteLLM's root, used only with LITELLM_MASTER_KEY."""
+    LiteLLM's root, used only with LITELLM_MASTER_KEY; `supabase` writes Supabase's `user_profiles`
+    when profiles come from there."""
     master = settings.litellm_master_key
     keys = LiteLLMAdmin(litellm, master.get_secret_value(), settings.request_timeout) if master and litellm else None
-    elsewhere = "Supabase's user_profiles table" if settings.profiles_from_postgrest else None
-    return Users(ProfileStore(database, KeyCipher(settings.key_encryption_keys)), notices, keys, elsewhere)
+    service_key = settings.supabase_service_role_key
+    store: UserStore
+    if settings.profiles_from_postgrest and supabase is not None and service_key is not None:
+        store = PostgrestProfileStore(supabase, service_key.get_secret_value(), database)
+    else:
+        store = ProfileStore(database, KeyCipher(settings.key_encryption_keys))
+    return Users(store, notices, keys)
 
 
 def _encode_cursor(user_id: str) -> str:
