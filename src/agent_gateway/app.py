@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Coroutine
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.middleware.cors import CORSMiddleware
 
@@ -32,7 +33,7 @@ from agent_gateway.limits.redis import connect_redis
 from agent_gateway.limits.shared_month import SharedMonthBudgets
 from agent_gateway.llm.relay import AgentRelay
 from agent_gateway.llm.routes import AGENT_PREFIX, LLM_PREFIX, LimitState, build_agent_routes, build_llm_routes
-from agent_gateway.ops import openapi
+from agent_gateway.ops import openapi, tracing
 from agent_gateway.ops.admin import instance_status
 from agent_gateway.ops.admin_page import AdminSessions
 from agent_gateway.ops.app import build_ops_app
@@ -129,6 +130,8 @@ class Platform:
     ) -> None:
         await self.start()
         await self.ledger.start()
+        if tracing.start_from_environment() is not None:
+            log.info("tracing to OTLP", extra={"endpoint": _otlp_endpoint()})
         self._background += [asyncio.create_task(work) for work in background]
         forgetting = Forgetting((profiles.invalidate, versions.invalidate), profiles.clear)
         poll = follow_changes(ChangeLog(self.database), forgetting, self.settings.profile_poll_seconds)
@@ -158,6 +161,7 @@ class Platform:
         if self.redis is not None:
             await self.redis.aclose()
         await self.database.close()
+        tracing.stop()
         log.info("gateway stopped")
 
 
@@ -248,6 +252,13 @@ def build_gateway(settings: Settings) -> Gateway:
         max_in_flight=settings.max_concurrent_requests,
     )
     return gateway
+
+
+def _otlp_endpoint() -> str:
+    """Where spans go, without any credentials a URL may hold."""
+    url = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.hostname else ""
 
 
 def _shared(platform: Platform) -> Budgets | None:

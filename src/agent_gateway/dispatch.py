@@ -28,7 +28,7 @@ from agent_gateway.frontend.routes import FrontendRoutes, is_frontend_path
 from agent_gateway.llm.context import RequestContext
 from agent_gateway.llm.relay import AgentRelay, LLMRoute
 from agent_gateway.llm.routes import AGENT_PREFIX, match_agent_path
-from agent_gateway.ops import metrics
+from agent_gateway.ops import metrics, tracing
 from agent_gateway.streaming import StreamRegistry
 from agent_gateway.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,6 +46,7 @@ class Exchange:
     request_id: str
     route: str = "unmatched"  # the route's template: never a user's own path
     ctx: RequestContext | None = None
+    status: int = 0
 
 
 @dataclass
@@ -84,7 +85,14 @@ class Gateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._serve_http(scope, receive, send)
+            tracer = tracing.active
+            if tracer is None:
+                await self._serve_http(scope, receive, send)
+                return
+            with tracer.request(scope) as span:
+                await self._serve_http(scope, receive, send)
+                exchange = scope["state"]["exchange"]
+                tracer.answered(span, scope["method"], exchange.route, exchange.status)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -169,6 +177,7 @@ class Gateway:
         await self.frontend.serve(scope, send, exchange.ctx)
 
     def _record(self, exchange: Exchange, status: int, started: float) -> None:
+        exchange.status = status
         elapsed = time.perf_counter() - started
         metrics.child(metrics.REQUESTS, exchange.route, str(status)).inc()
         metrics.child(metrics.LATENCY, exchange.route).observe(elapsed)

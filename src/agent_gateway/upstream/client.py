@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 
 from agent_gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
-from agent_gateway.ops import metrics
+from agent_gateway.ops import metrics, tracing
 from agent_gateway.upstream.breaker import CircuitBreaker, counts_as_failure
 
 log = logging.getLogger("agent_gateway.upstream")
@@ -162,6 +162,27 @@ class UpstreamClient:
         connect counts for everyone, a timeout or a bodiless 502/503/504 for `user`'s own request.
         """
         assert self._session is not None, "UpstreamClient.start() runs in the app's lifespan"
+        tracer = tracing.active
+        if tracer is not None:
+            headers = dict(headers or {})
+            with tracer.upstream(self.name, method, headers) as span:
+                response = await self._open(method, path, headers, body, timeout, headers_within, breaker, user)
+                span.set_attribute("http.response.status_code", response.status)
+                return response
+        return await self._open(method, path, headers, body, timeout, headers_within, breaker, user)
+
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None,
+        body: Body,
+        timeout: aiohttp.ClientTimeout,
+        headers_within: float | None,
+        breaker: CircuitBreaker | None,
+        user: str | None,
+    ) -> UpstreamResponse:
+        assert self._session is not None
         started = time.perf_counter()
         call = self._session.request(
             method, self.base_url + path, data=body, headers=headers, timeout=timeout, allow_redirects=False

@@ -1,0 +1,94 @@
+"""OpenTelemetry traces, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set and the `otel` extra is installed
+(`pip install 'agent-gateway[otel]'`): a server span per request, named by its route template, and
+a client span per upstream call, exported over OTLP/HTTP.
+
+A caller's `traceparent` is continued, and upstream calls carry the gateway's own (its client
+span's), so LiteLLM's or Letta's spans hang under the gateway's. Spans carry methods, route
+templates, statuses and upstream names: never a path with a user id, a header, a key or a body.
+Off, the request path pays one `is None` check (`active`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+log = logging.getLogger("agent_gateway.tracing")
+_PROPAGATED = (b"traceparent", b"tracestate")
+
+
+class Tracing:
+    def __init__(self) -> None:
+        from opentelemetry import propagate, trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES and the exporter's OTEL_* settings apply as usual.
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "agent-gateway")})
+        self._provider = TracerProvider(resource=resource)
+        self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        self._tracer = self._provider.get_tracer("agent_gateway")
+        self._propagate = propagate
+        self._server, self._client = trace.SpanKind.SERVER, trace.SpanKind.CLIENT
+
+    @contextlib.contextmanager
+    def request(self, scope: Mapping[str, Any]) -> Iterator[Span]:
+        """The request's span, a child of the caller's `traceparent` if it sent one."""
+        carrier = {name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in _PROPAGATED}
+        method = scope["method"]
+        with self._tracer.start_as_current_span(
+            method, context=self._propagate.extract(carrier), kind=self._server
+        ) as span:
+            span.set_attribute("http.request.method", method)
+            yield span
+
+    @staticmethod
+    def answered(span: Span, method: str, route: str, status: int) -> None:
+        span.update_name(f"{method} {route}")
+        span.set_attribute("http.route", route)
+        span.set_attribute("http.response.status_code", status)
+
+    @contextlib.contextmanager
+    def upstream(self, name: str, method: str, headers: MutableMapping[str, str]) -> Iterator[Span]:
+        """An upstream call's span (until its answer's headers); `headers` get its `traceparent`."""
+        with self._tracer.start_as_current_span(f"{method} {name}", kind=self._client) as span:
+            span.set_attribute("http.request.method", method)
+            span.set_attribute("peer.service", name)
+            for header in _PROPAGATED:  # a caller's own context never passes on beside ours
+                headers.pop(header.decode(), None)
+            self._propagate.inject(headers)
+            yield span
+
+    def shutdown(self) -> None:
+        self._provider.shutdown()  # exports what is still batched
+
+
+active: Tracing | None = None
+
+
+def start_from_environment() -> Tracing | None:
+    """Tracing as the environment asks; sets `active`."""
+    global active
+    if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        return None
+    try:
+        active = Tracing()
+    except ImportError:
+        log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the otel extra is not installed: no traces")
+        return None
+    return active
+
+
+def stop() -> None:
+    global active
+    if active is not None:
+        active.shutdown()
+        active = None
