@@ -146,3 +146,12 @@ def test_without_an_admin_key_there_is_no_page(launch_gateway: Callable[..., Gat
     answer = httpx.get(f"{gw.url}/admin")
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
     assert "ADMIN_API_KEY is not set" in gw.logs()
+
+
+def test_guessing_the_key_is_slowed_to_ten_tries_a_minute(launch_gateway: Callable[..., GatewayProcess]) -> None:
+    gw = launch_gateway(ADMIN_API_KEY=ADMIN_KEY)  # its own: the other tests log in from this address too
+    with httpx.Client(base_url=gw.url) as client:
+        tries = [client.post("/admin/login", data={"key": f"guess-{n}"}).status_code for n in range(12)]
+        assert tries == [401] * 10 + [429] * 2
+        refused = client.post("/admin/login", data={"key": ADMIN_KEY})
+        assert refused.status_code == 429 and refused.headers["retry-after"]  # even the right key, for now

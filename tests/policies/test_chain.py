@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent_gateway.domain import Profile, Usage
-from agent_gateway.errors import BudgetExceeded, CircuitOpen, ModelNotAllowed, TooManyInFlight
+from agent_gateway.domain import Profile, Rate, Usage
+from agent_gateway.errors import BudgetExceeded, CircuitOpen, ModelNotAllowed, RateLimited, TooManyInFlight
 from agent_gateway.limits.budget import MemoryBudgets
 from agent_gateway.limits.concurrency import InFlight
 from agent_gateway.llm.context import RequestContext
@@ -118,3 +118,18 @@ async def test_an_open_breaker_refuses_and_a_probe_without_verdict_is_freed() ->
                 pass
     async with chain.admit(context()):  # the probe left with no verdict: the next may probe
         pass
+
+
+async def test_a_request_rate_alone_counts_the_call_and_holds_nothing_to_settle() -> None:
+    budgets = MemoryBudgets(lambda user, month: _zero())
+    chain = Chain([BudgetPolicy(budgets, Rate.parse("2/minute"), None)])
+    first = context()
+    async with chain.admit(first):
+        assert first.reservation is None  # no tokens held: nothing to give back (on Redis, no second trip)
+        assert (b"ratelimit", b'"agent";r=1;t=60') in first.response_headers
+    async with chain.admit(context()):
+        pass
+    with pytest.raises(RateLimited) as refused:
+        async with chain.admit(context()):
+            pass
+    assert refused.value.headers["RateLimit"].startswith('"agent";r=0;')

@@ -24,13 +24,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import SecretStr
 from starlette.staticfiles import StaticFiles
 
-from agent_gateway.errors import Forbidden, InvalidSecret
+from agent_gateway.domain import Rate
+from agent_gateway.errors import Forbidden, InvalidSecret, RateLimited
+from agent_gateway.limits.rate import MemoryRateLimiter
 
 COOKIE = "agw_admin"
 CSRF_HEADER = "x-csrf-token"
 ASSETS = Path(__file__).with_name("admin_assets")
 _LIFETIME = 8 * 3600  # seconds a login lasts
 _MAX_FORM_BYTES = 4096
+_LOGINS = Rate(10, 60.0, "10/minute")  # login attempts per client address
 # The page's own rules for what it may load: only this gateway's files, no inline script.
 _PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -87,6 +90,7 @@ class AdminSessions:
 
 def build_admin_page(sessions: AdminSessions) -> APIRouter:
     router = APIRouter(prefix="/admin", include_in_schema=False)
+    attempts = MemoryRateLimiter()
 
     @router.get("")
     async def page(request: Request) -> Response:
@@ -99,6 +103,10 @@ def build_admin_page(sessions: AdminSessions) -> APIRouter:
 
     @router.post("/login")
     async def login(request: Request) -> Response:
+        client = request.client.host if request.client else "unknown"
+        attempt = attempts.hit_now(client, _LOGINS)
+        if not attempt.allowed:  # guessing the key: a handful of tries a minute per address
+            raise RateLimited("Too many login attempts; wait a minute.", retry_after=attempt.retry_after, headers={})
         form = await _form(request)
         if not sessions.key_matches(form.get("key", "")):
             return _login_page("That is not the admin key.", status=401)

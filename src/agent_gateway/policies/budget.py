@@ -52,7 +52,8 @@ class BudgetPolicy(Policy):
             raise ServiceUnavailable("Usage limits cannot be checked right now.") from exc
         if not decision.admitted:
             raise self._refusal(decision, request, ctx)
-        ctx.reservation = request
+        if monthly_limit is not None or self.token_rate is not None:
+            ctx.reservation = request  # tokens held until the call ends; a request count needs no settling
         if self._policy is not None:
             state = f'"{self.scope}";r={decision.remaining};t={math.ceil(decision.reset)}'.encode()
             ctx.response_headers += (self._policy, (b"ratelimit", state))
