@@ -196,7 +196,7 @@ def test_users_set_of_unknown_user_fails(cli: Cli) -> None:
         ),
         (
             ["--monthly-limit", "-1"],
-            "Error: Invalid value for '--monthly-limit': must be a whole number of tokens, 0 or more",
+            "Error: Invalid value for '--monthly-limit': must be a whole number of tokens, 0 or more, below 2^63",
         ),
         (["--monthly-limit", "lots"], "Error: Invalid value for '--monthly-limit': 'lots' is not a valid integer."),
     ],

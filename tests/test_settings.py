@@ -343,3 +343,9 @@ def test_the_token_key_is_never_the_agent_secret() -> None:
 def test_an_empty_admin_key_means_no_admin_key(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("ADMIN_API_KEY", value)
     assert load_settings().admin_api_key is None
+
+
+def test_the_admin_key_must_differ_from_the_agent_secrets() -> None:
+    for same in ({"AGENT_SECRET_KEY": "one-key-for-all-2c9f"}, {"AGENT_TOKEN_KEY": "one-key-for-all-2c9f"}):
+        message = config_error(ADMIN_API_KEY="one-key-for-all-2c9f", **same)
+        assert "ADMIN_API_KEY: must differ" in message and "one-key-for-all" not in message

@@ -269,6 +269,12 @@ class Settings(BaseSettings):
             key.get_secret_value() for key in self.agent_secret_key
         }:
             mistakes.append("AGENT_TOKEN_KEY: must differ from AGENT_SECRET_KEY, else the secret mints every token")
+        if self.admin_api_key is not None:
+            admin = self.admin_api_key.get_secret_value()
+            others = [*self.agent_secret_key, *self.agent_token_key, self.litellm_master_key, self.supabase_jwt_secret]
+            if admin in {other.get_secret_value() for other in others if other is not None}:
+                # The agent secret lives in Letta's configuration: equal, anyone who reads that is admin.
+                mistakes.append("ADMIN_API_KEY: must differ from the agent secrets and the other keys")
         if self.workers > 1 and not self.redis_url:
             mistakes.append("WORKERS: more than 1 needs REDIS_URL, else every limit is multiplied by the workers")
         if mistakes:

@@ -89,6 +89,12 @@ def test_log_in_add_a_user_and_see_their_calls_charted(gw: GatewayProcess, brows
     page.screenshot(path=str(ARTIFACTS / "admin-page.png"), full_page=True)
     assert (ARTIFACTS / "admin-page.png").stat().st_size > 10_000
 
+    row.get_by_role("button", name="Edit").click()
+    page.fill(f'#users tr[data-user="{user_id}"] input[name=monthly_limit]', "200000")
+    page.click(f'#users tr[data-user="{user_id}"] button[type=submit]')
+    expect(row).to_contain_text("200,000")
+    expect(row).to_contain_text("gpt-4o-mini, tokens-1000")  # only the edited field was sent
+
     page.once("dialog", lambda dialog: dialog.accept())
     row.get_by_role("button", name="Remove").click()
     expect(page.locator(f'#users tr[data-user="{user_id}"]')).to_have_count(0)
@@ -155,3 +161,45 @@ def test_guessing_the_key_is_slowed_to_ten_tries_a_minute(launch_gateway: Callab
         assert tries == [401] * 10 + [429] * 2
         refused = client.post("/admin/login", data={"key": ADMIN_KEY})
         assert refused.status_code == 429 and refused.headers["retry-after"]  # even the right key, for now
+
+
+def test_red_team_finds_stay_fixed(launch_gateway: Callable[..., GatewayProcess]) -> None:
+    """What a red team found on the page and the admin API, each now refused cleanly."""
+    gw = launch_gateway(ADMIN_API_KEY=ADMIN_KEY)
+    client, csrf = login(gw)
+    api = {"X-CSRF-Token": csrf}
+    # Logging out ends the session here, even for a copy of its cookie.
+    session = client.cookies[COOKIE]
+    assert client.post("/admin/logout", headers=api).status_code == 204
+    replayed = httpx.get(f"{gw.url}/api/v1/admin/status", headers=api, cookies={COOKIE: session})
+    assert replayed.status_code == 401
+    client, csrf = login(gw)
+    api = {"X-CSRF-Token": csrf}
+    # A limit past BIGINT, a month with a newline: 400 in the §8 shape, not a 500.
+    big = client.post(
+        "/api/v1/admin/users", headers=api, json={"id": new_user(), "litellm_key": USER_KEY, "monthly_limit": 2**63}
+    )
+    assert big.status_code == 400 and big.json()["error"]["param"] == "monthly_limit"
+    assert client.get("/api/v1/admin/usage", headers=api, params={"month": "2026-01\n"}).status_code == 400
+    # A non-ASCII cookie or token is a 401, not a 500.
+    odd = httpx.get(f"{gw.url}/api/v1/admin/status", headers={"X-CSRF-Token": "é".encode()}, cookies={COOKIE: session})
+    assert odd.status_code == 401
+    # The page templates are not served raw; only the script and the style sheet are.
+    assert httpx.get(f"{gw.url}/admin/assets/pages/admin.html").status_code == 404
+    assert httpx.get(f"{gw.url}/admin/assets/admin.css").headers["x-content-type-options"] == "nosniff"
+    client.close()
+
+
+def test_usage_of_a_uuid_user_in_any_spelling(gw: GatewayProcess) -> None:
+    user_id = "6b1e5c1e-9d2f-4c5a-8f7e-3a2b1c0d9e8f"
+    client, csrf = login(gw)
+    api = {"X-CSRF-Token": csrf}
+    assert (
+        client.post("/api/v1/admin/users", headers=api, json={"id": user_id, "litellm_key": USER_KEY}).status_code
+        == 201
+    )
+    gw.client(user_id).chat.completions.create(model="tokens-1000", messages=[{"role": "user", "content": "hi"}])
+    for spelling in (user_id.upper(), user_id.replace("-", "")):
+        usage = client.get("/api/v1/admin/usage", headers=api, params={"user_id": spelling}).json()
+        assert usage["total_tokens"] == 1000 and usage["user_id"] == user_id
+    client.close()

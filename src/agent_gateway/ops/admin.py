@@ -17,9 +17,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
 from agent_gateway import __version__
-from agent_gateway.domain import USER_ID_PATTERN, this_month
+from agent_gateway.domain import USER_ID_PATTERN, canonical_user_id, this_month
 from agent_gateway.errors import BadRequest, InvalidField, InvalidSecret, NotFound
-from agent_gateway.ops.admin_page import AdminSessions
+from agent_gateway.ops.admin_page import AdminSessions, client_address
 from agent_gateway.ops.schemas import (
     PAGE_LIMIT,
     Breaker,
@@ -40,7 +40,7 @@ from agent_gateway.upstream.breaker import Breakers
 from agent_gateway.upstream.litellm_admin import Price, PriceList
 
 PREFIX = "/api/v1/admin"
-_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")  # fullmatch: no trailing newline, ASCII digits only
 _BEARER = HTTPBearer(
     scheme_name="adminKey", description="ADMIN_API_KEY; unset, the admin API answers 404.", auto_error=False
 )
@@ -62,8 +62,12 @@ def build_admin_router(
             raise NotFound("The admin API is off (ADMIN_API_KEY is not set).")
         if credentials is None and sessions is not None and sessions.allows(request):
             return  # the admin page, signed in
-        given = credentials.credentials.encode() if credentials is not None else b""
-        if not hmac.compare_digest(given, admin_key.get_secret_value().encode()):
+        given = credentials.credentials if credentials is not None else ""
+        if sessions is not None:  # guesses counted per address, with the page's logins
+            matches = sessions.key_matches(given, client_address(request))
+        else:
+            matches = hmac.compare_digest(given.encode(), admin_key.get_secret_value().encode())
+        if not matches:
             raise InvalidSecret("Missing or invalid admin key.")
 
     router = APIRouter(prefix=PREFIX, tags=["admin"], dependencies=[Depends(require_admin)])
@@ -144,7 +148,7 @@ def build_admin_router(
         user_id: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,
         month: Annotated[str | None, Query(description="YYYY-MM, UTC; default this month")] = None,
     ) -> Any:
-        month = _month(month)
+        month, user_id = _month(month), _user(user_id)
         totals = await ledger.month_totals(month, user_id)
         by_model = await ledger.model_totals(month, user_id)
         known = await prices.get() if prices is not None else {}
@@ -158,7 +162,7 @@ def build_admin_router(
         user_id: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,
         month: Annotated[str | None, Query(description="YYYY-MM, UTC; default this month")] = None,
     ) -> DailyUsage:
-        month = _month(month)
+        month, user_id = _month(month), _user(user_id)
         days = await ledger.daily_totals(month, user_id)
         return DailyUsage(month=month, user_id=user_id, days=[DayUsage(**day) for day in days])
 
@@ -190,9 +194,14 @@ def instance_status(settings: Settings, breakers: Breakers, in_flight: Callable[
     return status
 
 
+def _user(user_id: str | None) -> str | None:
+    """The ledger keys a UUID user by its canonical spelling, whatever the caller wrote."""
+    return canonical_user_id(user_id) if user_id is not None else None
+
+
 def _month(month: str | None) -> str:
     month = month or this_month()
-    if not _MONTH.match(month):
+    if not _MONTH.fullmatch(month):
         raise BadRequest("`month` must be YYYY-MM.", param="month")
     return month
 

@@ -14,26 +14,27 @@ import base64
 import hashlib
 import hmac
 import html
+import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from cachetools import TTLCache
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from pydantic import SecretStr
-from starlette.staticfiles import StaticFiles
 
-from agent_gateway.domain import Rate
 from agent_gateway.errors import Forbidden, InvalidSecret, RateLimited
-from agent_gateway.limits.rate import MemoryRateLimiter
 
+log = logging.getLogger("agent_gateway.admin")
 COOKIE = "agw_admin"
 CSRF_HEADER = "x-csrf-token"
-ASSETS = Path(__file__).with_name("admin_assets")
+ASSETS = Path(__file__).with_name("admin_assets")  # served as they are: the script and the style sheet
+PAGES = ASSETS / "pages"  # templates, filled in before they are served: never served raw
 _LIFETIME = 8 * 3600  # seconds a login lasts
 _MAX_FORM_BYTES = 4096
-_LOGINS = Rate(10, 60.0, "10/minute")  # login attempts per client address
 # The page's own rules for what it may load: only this gateway's files, no inline script.
 _PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -41,9 +42,28 @@ _PAGE_HEADERS = {
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+class Guesses:
+    """Wrong admin keys per client address: past `limit` in a minute, every try from there is refused
+    (429) before the key is even compared, the right one too, until a minute passes without one."""
+
+    def __init__(self, limit: int = 10, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._wrong: TTLCache[str, int] = TTLCache(100_000, window)
+
+    def check(self, address: str) -> None:
+        if self._wrong.get(address, 0) >= self.limit:
+            raise RateLimited("Too many wrong admin keys; wait a minute.", retry_after=self.window, headers={})
+
+    def wrong(self, address: str) -> None:
+        self._wrong[address] = self._wrong.get(address, 0) + 1
+        log.warning("wrong admin key", extra={"client": address, "attempts": self._wrong[address]})
 
 
 class AdminSessions:
@@ -54,9 +74,19 @@ class AdminSessions:
         self._key = hmac.new(secret, b"agent-gateway admin session", hashlib.sha256).digest()
         self.admin_key = secret
         self.secure = secure  # send the cookie over HTTPS only (production, staging)
+        self.guesses = Guesses()
+        # Sessions logged out before they expire. In this process: another instance still takes the
+        # cookie until it expires, but the browser has dropped it.
+        self._ended: TTLCache[str, bool] = TTLCache(100_000, _LIFETIME)
 
-    def key_matches(self, given: str) -> bool:
-        return hmac.compare_digest(given.encode(), self.admin_key)
+    def key_matches(self, given: str, address: str) -> bool:
+        """The admin key, compared only while `address` has not guessed too often."""
+        self.guesses.check(address)
+        if hmac.compare_digest(given.encode(), self.admin_key):
+            return True
+        if given:  # no key at all is not a guess
+            self.guesses.wrong(address)
+        return False
 
     def issue(self, now: float | None = None) -> str:
         expires = int((now if now is not None else time.time()) + _LIFETIME)
@@ -64,13 +94,17 @@ class AdminSessions:
         return f"{payload}.{self._sign(payload)}"
 
     def valid(self, token: str | None, now: float | None = None) -> bool:
-        if not token or token.count(".") != 2:
+        if not token or token.count(".") != 2 or not token.isascii():
             return False
         payload, _, signature = token.rpartition(".")
-        if not hmac.compare_digest(signature, self._sign(payload)):
+        if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
             return False
         expires = payload.partition(".")[0]
-        return expires.isdigit() and int(expires) > (now if now is not None else time.time())
+        live = expires.isdigit() and int(expires) > (now if now is not None else time.time())
+        return live and payload not in self._ended
+
+    def end(self, token: str) -> None:
+        self._ended[token.rpartition(".")[0]] = True
 
     def csrf_token(self, session: str) -> str:
         return self._sign(f"csrf:{session}")
@@ -81,7 +115,8 @@ class AdminSessions:
         if not self.valid(session):
             return False
         assert session is not None
-        return hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), self.csrf_token(session))
+        given = request.headers.get(CSRF_HEADER, "").encode("utf-8", "replace")
+        return hmac.compare_digest(given, self.csrf_token(session).encode())
 
     def _sign(self, payload: str) -> str:
         digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
@@ -90,7 +125,6 @@ class AdminSessions:
 
 def build_admin_page(sessions: AdminSessions) -> APIRouter:
     router = APIRouter(prefix="/admin", include_in_schema=False)
-    attempts = MemoryRateLimiter()
 
     @router.get("")
     async def page(request: Request) -> Response:
@@ -98,17 +132,13 @@ def build_admin_page(sessions: AdminSessions) -> APIRouter:
         if not sessions.valid(session):
             return _login_page()
         assert session is not None
-        body = (ASSETS / "admin.html").read_text().replace("{{csrf}}", html.escape(sessions.csrf_token(session)))
+        body = (PAGES / "admin.html").read_text().replace("{{csrf}}", html.escape(sessions.csrf_token(session)))
         return HTMLResponse(body, headers=_PAGE_HEADERS)
 
     @router.post("/login")
     async def login(request: Request) -> Response:
-        client = request.client.host if request.client else "unknown"
-        attempt = attempts.hit_now(client, _LOGINS)
-        if not attempt.allowed:  # guessing the key: a handful of tries a minute per address
-            raise RateLimited("Too many login attempts; wait a minute.", retry_after=attempt.retry_after, headers={})
         form = await _form(request)
-        if not sessions.key_matches(form.get("key", "")):
+        if not sessions.key_matches(form.get("key", ""), client_address(request)):
             return _login_page("That is not the admin key.", status=401)
         response = RedirectResponse("/admin", status_code=303, headers=_PAGE_HEADERS)
         response.set_cookie(
@@ -126,6 +156,7 @@ def build_admin_page(sessions: AdminSessions) -> APIRouter:
     async def logout(request: Request) -> Response:
         if not sessions.allows(request):
             raise Forbidden("Log out from the admin page.")
+        sessions.end(request.cookies[COOKIE])
         response = Response(status_code=204, headers=_PAGE_HEADERS)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=sessions.secure)
         return response
@@ -134,8 +165,18 @@ def build_admin_page(sessions: AdminSessions) -> APIRouter:
 
 
 def mount_assets(app: FastAPI) -> None:
-    """The page's script and style sheet at /admin/assets/…"""
-    app.mount("/admin/assets", StaticFiles(directory=ASSETS), name="admin-assets")
+    """The page's script and style sheet at /admin/assets/…, nothing else of the folder."""
+    for name in ("admin.js", "admin.css"):
+        app.add_api_route(f"/admin/assets/{name}", _serve(ASSETS / name), methods=["GET"], include_in_schema=False)
+
+
+def _serve(path: Path) -> Callable[[], Awaitable[FileResponse]]:
+    """A handler without parameters: nothing of the request picks the file."""
+
+    async def asset() -> FileResponse:
+        return FileResponse(path, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+
+    return asset
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -149,6 +190,10 @@ async def _form(request: Request) -> dict[str, str]:
     return {name: values[0] for name, values in parse_qs(body.decode("utf-8", "replace")).items()}
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 def _login_page(error: str = "", status: int = 200) -> HTMLResponse:
-    body = (ASSETS / "login.html").read_text().replace("{{error}}", html.escape(error))
+    body = (PAGES / "login.html").read_text().replace("{{error}}", html.escape(error))
     return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)

@@ -14,11 +14,13 @@ other fails, so no user is left without a key and no key without its user.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -26,7 +28,7 @@ from functools import partial
 from typing import Any, Final
 
 from agent_gateway.domain import USER_ID, USER_ID_PATTERN, Profile, canonical_user_id
-from agent_gateway.errors import BadRequest, InvalidField, NoSuchUser, UserExists
+from agent_gateway.errors import BadRequest, InvalidField, NoSuchUser, UpstreamTimeout, UserExists
 from agent_gateway.settings import Settings
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.key_cipher import KeyCipher
@@ -38,6 +40,8 @@ from agent_gateway.upstream.litellm_admin import LiteLLMAdmin
 
 log = logging.getLogger("agent_gateway.users")
 MAX_PAGE = 500
+MAX_MODELS, MAX_MODEL_NAME = 1000, 256
+MAX_LIMIT = 2**63 - 1
 _KEY = re.compile(r"[\x21-\x7e]{1,512}\Z")  # sent as a Bearer token: printable, no spaces
 
 
@@ -63,13 +67,15 @@ def checked_models(value: Iterable[str] | None) -> frozenset[str] | None:
     models = frozenset(model.strip() for model in value if model.strip())
     if not models:
         raise InvalidField("allowed_models", "must name at least one model, or allow every model")
+    if len(models) > MAX_MODELS or any(len(model) > MAX_MODEL_NAME for model in models):
+        raise InvalidField("allowed_models", f"at most {MAX_MODELS} models of at most {MAX_MODEL_NAME} characters")
     return models
 
 
 def checked_limit(value: int | None) -> int | None:
-    """Tokens per calendar month (UTC); None: no limit."""
-    if value is not None and (isinstance(value, bool) or value < 0):
-        raise InvalidField("monthly_limit", "must be a whole number of tokens, 0 or more")
+    """Tokens per calendar month (UTC); None: no limit. A BIGINT column holds it."""
+    if value is not None and (isinstance(value, bool) or not 0 <= value <= MAX_LIMIT):
+        raise InvalidField("monthly_limit", "must be a whole number of tokens, 0 or more, below 2^63")
     return value
 
 
@@ -102,6 +108,15 @@ class Users:
         self.store = store
         self.notices = notices
         self.keys = keys
+        # One change to a user at a time in this process: two at once (rotate and remove, two
+        # rotations) each undoing the other's LiteLLM step left keys without users.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _one_at_a_time(self, user_id: str) -> asyncio.Lock:
+        lock = self._locks.get(user_id)
+        if lock is None:
+            lock = self._locks[user_id] = asyncio.Lock()
+        return lock
 
     async def get(self, user_id: str) -> Profile:
         profile = await self.store.get(checked_id(user_id, "user_id"))
@@ -142,13 +157,14 @@ class Users:
             return await self._changed(user_id)
         if litellm_key is not None:
             raise InvalidField("litellm_key", "is made by the gateway when LITELLM_MASTER_KEY is set: leave it out")
-        if await self.store.get(user_id) is not None:
-            raise UserExists()  # before a key is made for nobody
-        key = await self.keys.generate_key(user_id, models)
-        async with self._undoing("delete the new key", partial(self.keys.delete_key, key), user_id):
-            if not await self.store.add(replace(profile, litellm_key=key)):
-                raise UserExists()
-        return await self._changed(user_id)
+        async with self._one_at_a_time(user_id):
+            if await self.store.get(user_id) is not None:
+                raise UserExists()  # before a key is made for nobody
+            key = await self.keys.generate_key(user_id, models)
+            async with self._undoing("delete the new key", partial(self.keys.delete_key, key), user_id):
+                if not await self.store.add(replace(profile, litellm_key=key)):
+                    raise UserExists()
+            return await self._changed(user_id)
 
     async def update(
         self,
@@ -170,41 +186,58 @@ class Users:
             changes["monthly_limit"] = checked_limit(monthly_limit)
         if not changes:
             raise BadRequest("Nothing to change.")
-        current = await self.get(user_id)
-        models = changes.get("allowed_models", current.allowed_models)
-        restore = None
-        if self.keys is not None and models != current.allowed_models:
-            await self.keys.set_models(current.litellm_key, models)
-            restore = partial(self.keys.set_models, current.litellm_key, current.allowed_models)
-        async with self._undoing("restore the key's models", restore, user_id):
-            if not await self.store.update(user_id, **changes):
-                raise NoSuchUser()
-        return await self._changed(user_id)
+        async with self._one_at_a_time(user_id):
+            current = await self.get(user_id)
+            models = changes.get("allowed_models", current.allowed_models)
+            keys = self.keys if models != current.allowed_models else None
+            # A timed-out update may still have reached LiteLLM: undone like any later failure.
+            restore = partial(keys.set_models, current.litellm_key, current.allowed_models) if keys else None
+            async with self._undoing("restore the key's models", restore, user_id):
+                if keys is not None:
+                    await keys.set_models(current.litellm_key, models)
+                if not await self.store.update(user_id, **changes):
+                    raise NoSuchUser()
+            return await self._changed(user_id)
 
     async def remove(self, user_id: str) -> Changed:
         """Remove the user (the database first: it can be put back), then delete their LiteLLM key."""
-        current = await self.get(user_id)
-        if not await self.store.remove(current.id):
-            raise NoSuchUser()
-        if self.keys is not None:
-            async with self._undoing("put the user back", partial(self.store.add, current), current.id):
-                await self.keys.delete_key(current.litellm_key)
-        return Changed(None, await self.notices.send(current.id))
+        async with self._one_at_a_time(checked_id(user_id, "user_id")):
+            current = await self.get(user_id)
+            if not await self.store.remove(current.id):
+                raise NoSuchUser()
+            if self.keys is not None:
+                try:
+                    await self.keys.delete_key(current.litellm_key)
+                except UpstreamTimeout:
+                    # LiteLLM may have deleted it: putting the user back could leave them a dead key.
+                    _left_for_an_operator("delete the removed user's LiteLLM key", current.id)
+                except BaseException:  # LiteLLM said no (or the call was cancelled): the user stays
+                    try:
+                        await self.store.add(current)
+                    except Exception:
+                        _left_for_an_operator("put the removed user back", current.id)
+                    raise
+            return Changed(None, await self.notices.send(current.id))
 
     async def rotate_key(self, user_id: str) -> Changed:
         """A new LiteLLM key for the user; the old one is deleted once the new one is stored."""
         if self.keys is None:
             raise BadRequest("Rotating a user's key needs LITELLM_MASTER_KEY.")
-        current = await self.get(user_id)
-        key = await self.keys.generate_key(current.id, current.allowed_models)
-        async with self._undoing("delete the new key", partial(self.keys.delete_key, key), current.id):
-            if not await self.store.update(current.id, litellm_key=key):
-                raise NoSuchUser()
-            # Until the old key is deleted, it still works: if that fails, the user keeps it.
-            old = partial(self.store.update, current.id, litellm_key=current.litellm_key)
-            async with self._undoing("restore the old key", old, current.id):
-                await self.keys.delete_key(current.litellm_key)
-        return await self._changed(current.id)
+        async with self._one_at_a_time(checked_id(user_id, "user_id")):
+            current = await self.get(user_id)
+            key = await self.keys.generate_key(current.id, current.allowed_models)
+            async with self._undoing("delete the new key", partial(self.keys.delete_key, key), current.id):
+                if not await self.store.update(current.id, litellm_key=key):
+                    raise NoSuchUser()
+                # Until the old key is deleted, it still works: if LiteLLM refuses, the user keeps it.
+                old = partial(self.store.update, current.id, litellm_key=current.litellm_key)
+                async with self._undoing("restore the old key", old, current.id):
+                    try:
+                        await self.keys.delete_key(current.litellm_key)
+                    except UpstreamTimeout:
+                        # It may be gone already: taking the new key back could leave only dead keys.
+                        _left_for_an_operator("delete the rotated-out LiteLLM key", current.id)
+            return await self._changed(current.id)
 
     async def _changed(self, user_id: str) -> Changed:
         told = await self.notices.send(user_id)
@@ -224,6 +257,10 @@ class Users:
                     extra = {"user": user_id, "step": what, "reason": type(exc).__name__}
                     log.error("could not undo a half-done user change", extra=extra)
             raise
+
+
+def _left_for_an_operator(step: str, user_id: str) -> None:
+    log.error("a LiteLLM key step may not have happened; check it in LiteLLM", extra={"user": user_id, "step": step})
 
 
 def users_for(

@@ -105,16 +105,17 @@ function userRow(user) {
 function editRow(row, user) {
   const form = el("form", undefined, { class: "edit" });
   const allowed = el("input", undefined, { name: "allowed_models", placeholder: "all models" });
-  allowed.value = user.allowed_models ? user.allowed_models.join(", ") : "";
+  allowed.defaultValue = user.allowed_models ? user.allowed_models.join(", ") : "";
   const limit = el("input", undefined, { name: "monthly_limit", type: "number", min: "0", placeholder: "no limit" });
-  limit.value = user.monthly_limit === null ? "" : user.monthly_limit;
+  limit.defaultValue = user.monthly_limit === null ? "" : String(user.monthly_limit);
   form.append(allowed, limit, el("button", "Save", { type: "submit" }));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    const changes = {
-      allowed_models: models(allowed.value),
-      monthly_limit: limit.value === "" ? null : Number(limit.value),
-    };
+    // Only what was edited: an allow-list round-tripped through the text box could change.
+    const changes = {};
+    if (allowed.value !== allowed.defaultValue) changes.allowed_models = models(allowed.value);
+    if (limit.value !== limit.defaultValue) changes.monthly_limit = limit.value === "" ? null : Number(limit.value);
+    if (!Object.keys(changes).length) return loadUsers();
     act(() => api("PATCH", `/users/${encodeURIComponent(user.id)}`, changes), `${user.id} saved.`);
   });
   const cell = el("td", undefined, { colspan: "7" });
