@@ -8,8 +8,11 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import SECRET, GatewayProcess, add_profile, ledger_rows, new_user, run
+
+pytestmark = pytest.mark.faults  # real processes killed and servers stopped: `-m "not faults"` skips them
 
 
 async def load_until_killed(gw: GatewayProcess, user_id: str, kill_after: float) -> set[str]:

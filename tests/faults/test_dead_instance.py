@@ -9,8 +9,11 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import SECRET, add_profile, new_user, run
+
+pytestmark = pytest.mark.faults  # real processes killed and servers stopped: `-m "not faults"` skips them
 
 
 def test_the_reservations_of_a_killed_instance_are_freed_by_another(gateway_factory: Any, redis_url: str) -> None:

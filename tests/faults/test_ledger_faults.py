@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import add_profile, new_user, run, wait_for_rows
 from tests.faults.postgres import ThrowawayPostgres
 
+pytestmark = pytest.mark.faults  # real processes killed and servers stopped: `-m "not faults"` skips them
+
 ADMIN_KEY = "fault-suite-admin-key"
 
 

@@ -19,9 +19,12 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from tests.conftest import SECRET, GatewayProcess, add_profile, free_port, new_user, run, wait_for_rows
 from tests.fakes.litellm import FakeLiteLLM
+
+pytestmark = pytest.mark.faults  # real processes killed and servers stopped: `-m "not faults"` skips them
 
 PER_INSTANCE = 300
 

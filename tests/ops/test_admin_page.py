@@ -182,7 +182,7 @@ def test_red_team_finds_stay_fixed(launch_gateway: Callable[..., GatewayProcess]
     assert big.status_code == 400 and big.json()["error"]["param"] == "monthly_limit"
     assert client.get("/api/v1/admin/usage", headers=api, params={"month": "2026-01\n"}).status_code == 400
     # A non-ASCII cookie or token is a 401, not a 500.
-    odd = httpx.get(f"{gw.url}/api/v1/admin/status", headers={"X-CSRF-Token": "é".encode()}, cookies={COOKIE: session})
+    odd = httpx.get(f"{gw.url}/api/v1/admin/status", headers={b"X-CSRF-Token": "é".encode()}, cookies={COOKIE: session})
     assert odd.status_code == 401
     # The page templates are not served raw; only the script and the style sheet are.
     assert httpx.get(f"{gw.url}/admin/assets/pages/admin.html").status_code == 404
