@@ -90,9 +90,11 @@ class Gateway:
                 await self._serve_http(scope, receive, send)
                 return
             with tracer.request(scope) as span:
-                await self._serve_http(scope, receive, send)
-                exchange = scope["state"]["exchange"]
-                tracer.answered(span, scope["method"], exchange.route, exchange.status)
+                try:
+                    await self._serve_http(scope, receive, send)
+                finally:  # a request cancelled mid-stream still gets its route's name
+                    exchange = scope["state"]["exchange"]
+                    tracer.answered(span, scope["method"], exchange.route, exchange.status)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 

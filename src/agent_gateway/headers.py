@@ -4,6 +4,10 @@ A client's own headers never reach an upstream beyond these lists (no cookies, n
 `x-litellm-*`, no Letta `user_id`/`actor`, no password header of Letta's); the credentials
 the upstream needs are the gateway's to add. An upstream's headers never reach a client
 beyond the answer lists (no `Set-Cookie`, no `Access-Control-*`, no proxy internals).
+
+A caller's `traceparent`/`tracestate` pass on as sent (SPEC §7: a W3C `traceparent` is passed
+on) unless tracing is on: then the upstream gets the gateway's own context, a child of the
+caller's (ops/tracing.py).
 """
 
 from __future__ import annotations

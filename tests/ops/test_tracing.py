@@ -13,9 +13,9 @@ import httpx
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from tests.conftest import SECRET, USER_KEY_PREFIX, add_profile, new_user, run
+from tests.conftest import SECRET, USER_KEY_PREFIX, add_profile, free_port, new_user, run
 from tests.fakes.litellm import FakeLiteLLM
 from tests.fakes.server import ThreadedServer
 
@@ -87,6 +87,32 @@ def test_a_call_is_a_server_span_under_the_callers_with_a_client_span_for_litell
     assert sent == f"00-{TRACE_ID}-{client.span_id.hex()}-01"
     everything = " ".join(f"{s.name} {attributes(s)}" for s in spans)
     assert SECRET not in everything and USER_KEY_PREFIX not in everything and user_id not in everything
+
+
+def test_an_unreachable_upstream_is_an_error_span_naming_only_the_failures_type(
+    gateway_factory: Any, receiver: OtlpReceiver
+) -> None:
+    gw = gateway_factory(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        LITELLM_BASE_URL=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+    )
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    answer = httpx.post(
+        f"{gw.agent_base(user_id)}/chat/completions",
+        headers={"Authorization": f"Bearer {SECRET}", "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert answer.status_code == 502
+
+    spans = [s for s in receiver.wait_for(2) if s.trace_id.hex() == TRACE_ID]
+    server = next(s for s in spans if s.kind == Span.SPAN_KIND_SERVER)
+    client = next(s for s in spans if s.kind == Span.SPAN_KIND_CLIENT)
+    assert server.status.code == Status.STATUS_CODE_ERROR and attributes(server)["http.response.status_code"] == 502
+    # The failure's type, not aiohttp's message (which names the host and may quote the request).
+    assert client.status.code == Status.STATUS_CODE_ERROR and client.status.message == "UpstreamError"
+    assert not any(s.events for s in spans)
 
 
 def test_without_an_endpoint_nothing_is_traced_and_the_callers_context_passes_on(

@@ -4,8 +4,9 @@ a client span per upstream call, exported over OTLP/HTTP.
 
 A caller's `traceparent` is continued, and upstream calls carry the gateway's own (its client
 span's), so LiteLLM's or Letta's spans hang under the gateway's. Spans carry methods, route
-templates, statuses and upstream names: never a path with a user id, a header, a key or a body.
-Off, the request path pays one `is None` check (`active`).
+templates, statuses and upstream names: never a path with a user id, a header, a key or a body;
+of a failure only its type (an exception's message may quote a URL or a header). Off, the
+request path pays one `is None` check (`active`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span, SpanKind
 
 log = logging.getLogger("agent_gateway.tracing")
 _PROPAGATED = (b"traceparent", b"tracestate")
@@ -38,28 +40,47 @@ class Tracing:
         self._tracer = self._provider.get_tracer("agent_gateway")
         self._propagate = propagate
         self._server, self._client = trace.SpanKind.SERVER, trace.SpanKind.CLIENT
+        self._error = trace.StatusCode.ERROR
+
+    @contextlib.contextmanager
+    def _span(self, name: str, kind: SpanKind, context: Context | None = None) -> Iterator[Span]:
+        """A current span that, on a failure, keeps the exception's type and nothing of its message."""
+        with self._tracer.start_as_current_span(
+            name, context=context, kind=kind, record_exception=False, set_status_on_exception=False
+        ) as span:
+            try:
+                yield span
+            except BaseException as exc:
+                span.set_status(self._error, type(exc).__name__)
+                raise
 
     @contextlib.contextmanager
     def request(self, scope: Mapping[str, Any]) -> Iterator[Span]:
         """The request's span, a child of the caller's `traceparent` if it sent one."""
         carrier = {name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in _PROPAGATED}
         method = scope["method"]
-        with self._tracer.start_as_current_span(
-            method, context=self._propagate.extract(carrier), kind=self._server
-        ) as span:
+        with self._span(method, self._server, self._propagate.extract(carrier)) as span:
             span.set_attribute("http.request.method", method)
             yield span
 
-    @staticmethod
-    def answered(span: Span, method: str, route: str, status: int) -> None:
+    def answered(self, span: Span, method: str, route: str, status: int) -> None:
+        """Names the request's span by its route template once routed (`status` 0: none recorded)."""
         span.update_name(f"{method} {route}")
         span.set_attribute("http.route", route)
+        if status:
+            span.set_attribute("http.response.status_code", status)
+        if status >= 500:  # a client's 4xx is not the server's error (OpenTelemetry's HTTP conventions)
+            span.set_status(self._error)
+
+    def upstream_answered(self, span: Span, status: int) -> None:
         span.set_attribute("http.response.status_code", status)
+        if status >= 400:  # for the calling side any 4xx is an error too
+            span.set_status(self._error)
 
     @contextlib.contextmanager
     def upstream(self, name: str, method: str, headers: MutableMapping[str, str]) -> Iterator[Span]:
         """An upstream call's span (until its answer's headers); `headers` get its `traceparent`."""
-        with self._tracer.start_as_current_span(f"{method} {name}", kind=self._client) as span:
+        with self._span(f"{method} {name}", self._client) as span:
             span.set_attribute("http.request.method", method)
             span.set_attribute("peer.service", name)
             for header in _PROPAGATED:  # a caller's own context never passes on beside ours

@@ -167,7 +167,7 @@ class UpstreamClient:
             headers = dict(headers or {})
             with tracer.upstream(self.name, method, headers) as span:
                 response = await self._open(method, path, headers, body, timeout, headers_within, breaker, user)
-                span.set_attribute("http.response.status_code", response.status)
+                tracer.upstream_answered(span, response.status)
                 return response
         return await self._open(method, path, headers, body, timeout, headers_within, breaker, user)
 
