@@ -273,3 +273,42 @@ def test_300_streams_with_30_percent_of_clients_leaving_leave_300_exact_rows(
     exact = [row for row in rows if not row["estimated"]]
     assert all((row["prompt_tokens"], row["completion_tokens"]) == (11, 20) for row in exact)
     assert len(exact) >= 290  # the drain reads the usage of nearly every abandoned stream
+
+
+def test_a_redis_restart_costs_no_admission_in_closed_mode(
+    gateway_factory: Any, own_redis: tuple[str, subprocess.Popen[bytes]], litellm: FakeLiteLLM
+) -> None:
+    """Every pooled connection dies with the server: each is retried once on a new one, not a 503."""
+    url, server = own_redis
+    gw = gateway_factory(REDIS_URL=url, LIMITS_FAIL_MODE="closed", RATE_LIMIT_AGENT=HIGH_RATE)
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    base = f"{gw.agent_base(user_id)}/chat/completions"
+    auth = {"Authorization": f"Bearer {SECRET}"}
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient() as client:
+            calls = [client.post(base, headers=auth, json=chat("gpt-4o-mini")) for _ in range(20)]
+            return [answer.status_code for answer in await asyncio.gather(*calls)]
+
+    assert run(burst()) == [200] * 20  # the pool now holds connections to this server
+    server.kill()
+    server.wait()
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    again = subprocess.Popen(
+        ["redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert run(burst()) == [200] * 20
+    finally:
+        again.kill()
+        again.wait()

@@ -256,6 +256,13 @@ def test_the_agent_secret_is_refused_outside_the_allowed_networks(gateway_factor
         # LiteLLM streams on any truthy `stream`; the gateway would have read a JSON answer (a fuzz find)
         (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": {"a": 1}}', "stream"),
         (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": "true"}', "stream"),
+        # What the ledger could not store (a fault-injection find: one such row blocked every later write)
+        (b'{"model": "' + b"m" * 257 + b'", "messages": [{"role": "user", "content": "hi"}]}', "model"),
+        (b'{"model": "gpt\\u0000", "messages": [{"role": "user", "content": "hi"}]}', "model"),
+        (
+            b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9223372036854775808}',
+            "max_tokens",
+        ),
     ],
 )
 def test_malformed_bodies_are_400_and_never_forwarded(

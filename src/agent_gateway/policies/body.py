@@ -10,6 +10,9 @@ from agent_gateway.policies import Policy
 
 # Completion tokens a request may produce, by the field each API names it with.
 _MAX_TOKEN_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+MAX_MODEL_NAME = 256
+# Far past any model's window, and small enough that a reservation (count × n) fits the ledger's BIGINT.
+MAX_COUNT = 2**31 - 1
 
 
 class BodyPolicy(Policy):
@@ -33,8 +36,9 @@ class BodyPolicy(Policy):
         if not isinstance(payload, dict):
             raise InvalidJSON()
         model = payload.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadRequest("`model` must be a non-empty string.", param="model")
+        if not isinstance(model, str) or not model or len(model) > MAX_MODEL_NAME or "\x00" in model:
+            # The ledger keeps the name (256 characters, no NUL): a row it cannot take would block the rest.
+            raise BadRequest(f"`model` must be a string of 1-{MAX_MODEL_NAME} characters.", param="model")
         if ctx.route == "chat":
             messages = payload.get("messages")
             if not isinstance(messages, list) or not messages:
@@ -68,6 +72,6 @@ def _count(payload: dict[str, object], name: str) -> int | None:
     value = payload.get(name)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise BadRequest(f"`{name}` must be a non-negative integer.", param=name)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNT:
+        raise BadRequest(f"`{name}` must be an integer from 0 to {MAX_COUNT}.", param=name)
     return value

@@ -90,6 +90,9 @@ def _profiles_table(target: sa.MetaData, dialect: str) -> sa.Table:
     )
 
 
+_PG_TIMEOUT = 5.0  # seconds to connect, and for one statement
+
+
 def engine_url(database_url: str) -> tuple[str, dict[str, Any]]:
     """The SQLAlchemy async URL and connect args for a `DATABASE_URL`.
 
@@ -103,7 +106,9 @@ def engine_url(database_url: str) -> tuple[str, dict[str, Any]]:
             _owner_only(Path(path))
         return f"sqlite+aiosqlite:///{path}", {}
     query = dict(parse_qsl(parts.query))
-    connect_args: dict[str, Any] = {}
+    # A hung server (not a refused one) must fail a write, not hold every admission waiting on it:
+    # the ledger then keeps its rows in the outbox.
+    connect_args: dict[str, Any] = {"timeout": _PG_TIMEOUT, "command_timeout": _PG_TIMEOUT}
     if schema := query.pop("schema", None):
         connect_args["server_settings"] = {"search_path": schema}
     url = urlunsplit(("postgresql+asyncpg", parts.netloc, parts.path, urlencode(query), ""))

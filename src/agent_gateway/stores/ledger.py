@@ -204,7 +204,10 @@ class Ledger:
                 await self.flush()
             except _DATABASE_ERRORS as exc:
                 self._seen(exc)
-                await self._spill()  # on disk, so a crash during the outage loses nothing
+                try:
+                    await self._spill()  # on disk, so a crash during the outage loses nothing
+                except OSError:  # a full disk: the rows stay in memory, and this loop goes on
+                    log.exception("ledger rows could not be written to the outbox either; kept in memory")
             except Exception:
                 log.exception("ledger flush failed; rows kept for the next attempt")
             else:
@@ -242,7 +245,12 @@ class Ledger:
         """Move what is pending to the outbox; how many rows it then holds."""
         async with self._lock:
             batch, self._pending = self._pending, {}
-            self.outbox.spill([entry.row() for entry in batch.values()])
+            try:
+                self.outbox.spill([entry.row() for entry in batch.values()])
+            except OSError:
+                batch.update(self._pending)  # back in memory, under anything newer
+                self._pending = batch
+                raise
             self._spilled = self._spilled or bool(batch)
             return len(self.outbox.read())
 

@@ -7,6 +7,7 @@ replaying twice, or a row the database already has, changes nothing.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 from typing import Any
@@ -25,16 +26,20 @@ class Outbox:
         if not rows or self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lines = b"".join(orjson.dumps(row) + b"\n" for row in rows)
+        # A leading newline: a line torn by a crash stays a torn line, and this row a whole one.
+        lines = b"\n" + b"".join(orjson.dumps(row) + b"\n" for row in rows)
         descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.write(descriptor, lines)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)  # instances sharing the file append one at a time
+            view = memoryview(lines)
+            while view:  # a short write (a full disk) raises rather than leave half a batch unsaid
+                view = view[os.write(descriptor, view) :]
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
 
     def read(self) -> list[dict[str, Any]]:
-        """The last state of every row kept (a line torn by a crash mid-write is skipped)."""
+        """The last state of every row kept (a torn line, or one that is not a row, is skipped)."""
         if self.path is None:
             return []
         try:
@@ -47,7 +52,8 @@ class Outbox:
                 row = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
-            rows[row["id"]] = row
+            if isinstance(row, dict) and isinstance(row.get("id"), str):  # anything else is not a row
+                rows[row["id"]] = row
         return list(rows.values())
 
     def exists(self) -> bool:
