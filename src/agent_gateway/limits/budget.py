@@ -16,7 +16,6 @@ has none (restart, eviction, a new month) it is loaded from the ledger, the sour
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -488,5 +487,15 @@ class RedisBudgets:
         return decision
 
     async def _release(self, request: BudgetRequest) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._settle(keys=self._keys(request), args=[request.reservation_id, request.tokens, 0])
+        """Take back a reservation a timed-out script may have made, once Redis answers again: while
+        it hangs, the script waits in its queue and runs first, so one try during the hang is not
+        enough. Retried, a little slower each time, for as long as the reservation could live."""
+        deadline = time.monotonic() + self.ttl
+        pause = 0.1
+        while time.monotonic() < deadline:
+            try:
+                await self._settle(keys=self._keys(request), args=[request.reservation_id, request.tokens, 0])
+                return
+            except (RedisError, OSError):
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
