@@ -178,7 +178,14 @@ def build_gateway(settings: Settings) -> Gateway:
     longest_call = settings.llm_timeout + settings.stream_drain_seconds + settings.shutdown_grace_seconds + 60
     limiter: RateLimiter = RedisRateLimiter(redis, settings.limits_fail_mode) if redis else MemoryRateLimiter()
     budgets: Budgets = (
-        RedisBudgets(redis, ledger.month_used, longest_call, settings.limits_fail_mode, fallback=_shared(platform))
+        RedisBudgets(
+            redis,
+            ledger.month_used,
+            longest_call,
+            settings.limits_fail_mode,
+            fallback=_shared(platform),
+            in_flight=ledger.month_in_flight,
+        )
         if redis
         else MemoryBudgets(ledger.month_used)
     )

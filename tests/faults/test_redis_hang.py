@@ -69,3 +69,55 @@ def test_reservations_made_while_redis_hung_are_taken_back_when_it_answers(gatew
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_redis_restart_keeps_the_reservations_of_calls_in_flight(gateway_factory: Any) -> None:
+    """Redis restarted (empty) while a call is in flight: the month reloaded from the ledger holds
+    that call's reservation too, not only settled tokens (before: 180 of 100 tokens passed)."""
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def start() -> subprocess.Popen[bytes]:
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        return server
+
+    server = start()
+    try:
+        gw = gateway_factory(REDIS_URL=url, LIMITS_FAIL_MODE="closed")
+        user_id = new_user()
+        run(add_profile(gw.database_url, user_id, monthly_limit=800))
+        endpoint = f"{gw.agent_base(user_id)}/chat/completions"
+        headers = {"Authorization": f"Bearer {SECRET}"}
+
+        def body(model: str) -> bytes:  # reserves a bit over 500: one fits in 800, two do not
+            return orjson.dumps({"model": model, "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]})
+
+        async def scenario() -> tuple[int, int]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                slow = asyncio.create_task(client.post(endpoint, headers=headers, content=body("letta-slow-3")))
+                await asyncio.sleep(1.0)  # admitted: its reservation is in Redis, its row in the ledger
+                server.kill()
+                server.wait()
+                restarted.append(start())  # empty: Redis lost the month and every reservation
+                second = await client.post(endpoint, headers=headers, content=body("tokens-100"))
+                return second.status_code, (await slow).status_code
+
+        restarted: list[subprocess.Popen[bytes]] = []
+        try:
+            second, first = run(scenario())
+        finally:
+            for again in restarted:
+                again.kill()
+                again.wait()
+        assert (second, first) == (429, 200)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()

@@ -34,6 +34,8 @@ from agent_gateway.limits.redis import FailMode, RedisFailures
 
 log = logging.getLogger("agent_gateway.limits")
 MonthTotal = Callable[[str, str], Awaitable[int]]  # (user_id, month) -> settled tokens in the ledger
+# (user_id, month) -> (call id, reserved tokens) of the ledger's calls in flight
+MonthInFlight = Callable[[str, str], Awaitable[list[tuple[str, int]]]]
 ADMITTED, OVER_MONTH, OVER_RATE, OVER_REQUESTS, NEEDS_LOAD = 1, 0, 2, 3, -1
 
 
@@ -257,6 +259,18 @@ if monthly >= 0 then
   if ARGV[8] == '1' or not current then
     redis.call('SET', KEYS[1], ARGV[5], 'EX', 3456000)  -- 40 days: a month and its stragglers
     current = ARGV[5]
+    -- The ledger's calls in flight (ARGV[12..], id then tokens) hold their reservations again:
+    -- Redis lost them with the month; their settlements remove them as usual.
+    local ttl = tonumber(ARGV[4])
+    for i = 12, #ARGV, 2 do
+      if redis.call('ZADD', KEYS[2], 'NX', now + ttl, ARGV[i] .. ':' .. ARGV[i + 1]) == 1 then
+        redis.call('INCRBY', KEYS[3], ARGV[i + 1])
+      end
+    end
+    if #ARGV >= 12 then
+      redis.call('PEXPIRE', KEYS[2], ttl)
+      redis.call('PEXPIRE', KEYS[3], ttl)
+    end
   end
   used = tonumber(current)
   reserved = held(KEYS[2], KEYS[3])
@@ -363,9 +377,11 @@ class RedisBudgets:
         fail_mode: FailMode,
         prefix: str = "agw:budget:",
         fallback: Budgets | None = None,
+        in_flight: MonthInFlight | None = None,
     ) -> None:
         self.redis = redis
         self.month_total = month_total
+        self.in_flight = in_flight
         self.ttl = ttl
         self.fail_mode = fail_mode
         self.prefix = prefix
@@ -440,15 +456,23 @@ class RedisBudgets:
         try:
             if month in self._stale and request.monthly_limit is not None:
                 args[4], args[7] = await self.month_total(*month), "1"
+                args += await self._held_in_ledger(month)
             result = await self._reserve(keys=self._keys(request), args=args)
             if int(result[0]) == NEEDS_LOAD:
                 args[4] = await self.month_total(*month)
+                args += await self._held_in_ledger(month)
                 result = await self._reserve(keys=self._keys(request), args=args)
             self._stale.discard(month)
         except (RedisError, OSError) as exc:
             return await self._degraded(request, exc)
         outcome, used, reserved, retry_ms, remaining, reset_ms = (int(value) for value in result)
         return BudgetDecision(outcome, used, reserved, retry_ms / 1000, remaining, reset_ms / 1000)
+
+    async def _held_in_ledger(self, month: tuple[str, str]) -> list[int | str]:
+        """The ledger's calls in flight for the month, as the script's trailing arguments."""
+        if self.in_flight is None:
+            return []
+        return [value for row_id, tokens in await self.in_flight(*month) for value in (row_id, tokens)]
 
     async def month_held(self, user_id: str, month: str) -> int:
         keys = self._keys(BudgetRequest(user_id, month, "", 0, None, None))[:3]

@@ -298,6 +298,17 @@ class Ledger:
             async with self.database.connect() as conn:
                 return int((await conn.execute(query)).scalar_one())
 
+    async def month_in_flight(self, user_id: str, month: str) -> list[tuple[str, int]]:
+        """(id, reserved tokens) of `user_id`'s calls still in flight in `month`: what a budget
+        reloaded from the ledger must hold besides the settled total."""
+        query = sa.select(ledger.c.id, ledger.c.reserved_tokens).where(
+            ledger.c.user_id == user_id, ledger.c.month == month, ledger.c.state == IN_FLIGHT
+        )
+        async with self._reading():
+            await self.flush()
+            async with self.database.connect() as conn:
+                return [(str(row_id), int(tokens)) for row_id, tokens in (await conn.execute(query)).all()]
+
     async def month_totals(self, month: str, user_id: str | None = None) -> list[dict[str, Any]]:
         """Per-user totals for `month` (YYYY-MM), pending writes included."""
         estimated = sa.func.sum(sa.case((ledger.c.estimated, 1), else_=0))
