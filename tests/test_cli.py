@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -17,7 +19,8 @@ from agent_gateway.domain import Usage
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.ledger import Ledger, LedgerEntry
 from agent_gateway.stores.profile_changes import INVALIDATION_CHANNEL, ChangeLog
-from tests.conftest import Cli
+from tests.conftest import Cli, GatewayProcess, new_user, settings_variables
+from tests.fakes.litellm import FakeLiteLLM
 from tests.fakes.postgrest import SB_SECRET_KEY, running_postgrest
 
 KEY = "sk-alice-0123456789abcdef"
@@ -409,3 +412,30 @@ def test_the_default_database_is_the_same_from_any_folder(tmp_path: Path, monkey
     assert "alice" in cli.ok("users", "list")
     assert (tmp_path / "data" / "agent-gateway" / "gateway.db").exists()
     assert not list((tmp_path / "one").iterdir()) and not list((tmp_path / "two").iterdir())
+
+
+def test_a_user_added_in_one_folder_is_served_by_a_gateway_started_in_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, litellm: FakeLiteLLM
+) -> None:
+    """The installed command and the server on nothing but defaults: both find ~/.local/share/agent-gateway."""
+    for name in {*settings_variables(), "XDG_DATA_HOME"}:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    user_id = new_user()
+    command = Path(sys.executable).with_name("agent-gateway")
+    added = subprocess.run(
+        [command, "users", "add", user_id, "--litellm-key", KEY], cwd=tmp_path / "one", capture_output=True, text=True
+    )
+    assert added.returncode == 0 and added.stdout == f"added {user_id}" + SOON, added.stderr
+    assert (tmp_path / "me" / ".local" / "share" / "agent-gateway" / "gateway.db").exists()
+
+    env = {"AGENT_SECRET_KEY": SECRET, "LITELLM_BASE_URL": litellm.url, "SHUTDOWN_GRACE_SECONDS": "5"}
+    gateway = GatewayProcess(env, tmp_path / "two").start()
+    try:
+        with gateway.client(user_id, api_key=SECRET) as client:
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        assert litellm.for_user(user_id)[-1].headers["Authorization"] == f"Bearer {KEY}"  # the CLI's key
+    finally:
+        assert gateway.terminate() == 0

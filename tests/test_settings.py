@@ -52,6 +52,26 @@ def test_defaults() -> None:
     assert settings.is_production is False
 
 
+def test_the_default_store_lives_at_one_absolute_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    monkeypatch.setenv("XDG_DATA_HOME", "data")  # relative: ignored, as the XDG spec says
+    default = tmp_path / "me" / ".local" / "share" / "agent-gateway"
+    settings = load_settings()
+    assert settings.database_url == f"sqlite:///{default}/gateway.db"
+    assert settings.outbox_path == default / "gateway.db.outbox.jsonl"
+    monkeypatch.setenv("AGENT_GATEWAY_HOME", "")  # empty: the default
+    assert load_settings().database_url == f"sqlite:///{default}/gateway.db"
+
+    monkeypatch.setenv("AGENT_GATEWAY_HOME", "~/gateway")
+    assert load_settings().database_url == f"sqlite:///{tmp_path}/me/gateway/gateway.db"
+    on_postgres = load_settings(database_url="postgresql://db.example.com/gw")
+    assert on_postgres.outbox_path == tmp_path / "me" / "gateway" / "ledger-outbox.jsonl"
+    # Relative, the CLI run from another folder would find another, empty store.
+    assert config_error(AGENT_GATEWAY_HOME="var") == (
+        "AGENT_GATEWAY_HOME: must be an absolute path, the same from every folder"
+    )
+
+
 def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LITELLM_BASE_URL", "https://litellm.example.com:4000/")
     monkeypatch.setenv("DATABASE_URL", "postgresql://gw:pw@db.example.com:5432/gw")

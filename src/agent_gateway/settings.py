@@ -166,6 +166,14 @@ class Settings(BaseSettings):
         """`ADMIN_API_KEY=` left empty means no admin key, never an empty one that anybody can send."""
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("agent_gateway_home", mode="before")
+    @classmethod
+    def _absolute_home(cls, value: Any) -> Path:
+        home = _home(value)
+        if not home.is_absolute():  # relative, each folder the CLI runs in would have a store of its own
+            raise ValueError("must be an absolute path, the same from every folder")
+        return home
+
     @field_validator("key_encryption_key", mode="before")
     @classmethod
     def _fernet_keys(cls, value: Any) -> tuple[str, ...]:
@@ -238,8 +246,8 @@ class Settings(BaseSettings):
     @classmethod
     def _home_database(cls, data: Any) -> Any:
         if isinstance(data, dict) and "database_url" not in data:
-            home = Path(data.get("agent_gateway_home") or _data_home())
-            data = {**data, "database_url": f"sqlite:///{home.absolute() / 'gateway.db'}"}
+            home = _home(data.get("agent_gateway_home"))
+            data = {**data, "database_url": f"sqlite:///{home / 'gateway.db'}"}
         return data
 
     @model_validator(mode="after")
@@ -334,7 +342,14 @@ def _describe(error: Any) -> str:
     return message
 
 
+def _home(value: Any) -> Path:
+    """AGENT_GATEWAY_HOME as given (`~` expanded), or the default when unset or empty."""
+    given = str(value or "").strip()
+    return Path(given).expanduser() if given else _data_home()
+
+
 def _data_home() -> Path:
     """`$XDG_DATA_HOME/agent-gateway`, by default `~/.local/share/agent-gateway`."""
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "agent-gateway"
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    # A relative XDG_DATA_HOME is ignored, as the XDG spec says.
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share") / "agent-gateway"

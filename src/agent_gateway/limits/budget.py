@@ -223,6 +223,8 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local tokens = tonumber(ARGV[1])
 local monthly = tonumber(ARGV[3])
+-- Given up on by its caller (a timeout) before it ran: it reserves nothing.
+if redis.call('EXISTS', KEYS[8]) == 1 then return {-2, 0, 0, 0, 0, 0} end
 if monthly >= 0 and ARGV[5] == '' and redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0, 0, 0, 0} end
 local left, reset = 0, 0
 local requests = tonumber(ARGV[10])
@@ -411,6 +413,7 @@ class RedisBudgets:
             f"{window}:total",
             held,
             requests,
+            f"{self.prefix}abandoned:{request.reservation_id}",
         ]
 
     def _instance_key(self, instance: str, what: str) -> str:
@@ -511,15 +514,18 @@ class RedisBudgets:
         return decision
 
     async def _release(self, request: BudgetRequest) -> None:
-        """Take back a reservation a timed-out script may have made, once Redis answers again: while
-        it hangs, the script waits in its queue and runs first, so one try during the hang is not
-        enough. Retried, a little slower each time, for as long as the reservation could live."""
+        """Take back a reservation a timed-out script may have made. While Redis hangs, that script
+        waits in its queue and may run after this: the mark tells it to reserve nothing, the settle
+        frees what it reserved if it ran first. Retried until Redis answers, for as long as the
+        reservation could live."""
+        keys = self._keys(request)
         deadline = time.monotonic() + self.ttl
         pause = 0.1
         while time.monotonic() < deadline:
             try:
-                await self._settle(keys=self._keys(request), args=[request.reservation_id, request.tokens, 0])
+                await self.redis.set(keys[7], 1, px=int(self.ttl * 1000))
+                await self._settle(keys=keys, args=[request.reservation_id, request.tokens, 0])
                 return
             except (RedisError, OSError):
                 await asyncio.sleep(pause)
-                pause = min(pause * 2, 5.0)
+                pause = min(pause * 2, 1.0)

@@ -11,9 +11,6 @@ import time
 from typing import Any, Literal
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agent_gateway.errors import LimitsUnavailable
 from agent_gateway.ops import metrics
@@ -43,9 +40,6 @@ def connect_redis(settings: Settings, timeout: float | None, **options: Any) -> 
         # Connecting happens in bursts (a cold pool under load), when the event loop is busiest:
         # it gets longer than a command, which a hung Redis would not answer anyway.
         socket_connect_timeout=None if timeout is None else max(timeout, _CONNECT_TIMEOUT),
-        # After Redis restarts, every pooled connection is dead: one retry on a new connection, so
-        # that is not a 503 per connection. Not on a timeout: a hung Redis is not asked twice.
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         **options,
     )
     return Redis(connection_pool=pool)
