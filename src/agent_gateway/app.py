@@ -134,7 +134,8 @@ class Platform:
             log.info("tracing to OTLP", extra={"endpoint": _otlp_endpoint()})
         self._background += [asyncio.create_task(work) for work in background]
         forgetting = Forgetting((profiles.invalidate, versions.invalidate), profiles.clear)
-        poll = follow_changes(ChangeLog(self.database), forgetting, self.settings.profile_poll_seconds)
+        changes = ChangeLog(self.database)
+        poll = follow_changes(changes, forgetting, self.settings.profile_poll_seconds, await changes.latest())
         self._background.append(asyncio.create_task(poll))
         if self.settings.redis_url:
             listener = connect_redis(self.settings, timeout=None, health_check_interval=30)

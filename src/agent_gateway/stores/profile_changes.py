@@ -74,9 +74,10 @@ class ChangeLog:
             return [(int(row[0]), str(row[1])) for row in (await conn.execute(query)).all()]
 
 
-async def follow_changes(changes: ChangeLog, forgetting: Forgetting, interval: float) -> None:
-    """Poll the change log every `interval` seconds until cancelled, forgetting each changed user."""
-    last: int | None = None
+async def follow_changes(changes: ChangeLog, forgetting: Forgetting, interval: float, last: int | None = None) -> None:
+    """Poll the change log every `interval` seconds until cancelled, forgetting each changed user.
+    `last`: where the log stood before anything was cached (read at start, before serving: a first
+    read after requests began would forget what they cached, in an outage with nothing to reload it)."""
     failing = False
     while True:
         try:
