@@ -3,6 +3,7 @@ every route, the README's quick start run as written, and reference pages that c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import pytest
 
 from agent_gateway import errors
 from agent_gateway.settings import Settings
-from tests.conftest import GatewayProcess, settings_variables
+from tests.conftest import GatewayProcess, add_profile, run, settings_variables
 from tests.fakes.litellm import FakeLiteLLM
 
 ROOT = Path(__file__).parents[2]
@@ -178,6 +179,19 @@ def test_the_readme_quick_start_runs_as_written(gw: GatewayProcess, litellm: Fak
     printed_completion, streamed = done.stdout.rstrip("\n").rsplit("\n", 1)
     assert "ChatCompletion(" in printed_completion
     assert streamed and "None" not in streamed  # the stream's text, and nothing after it
+
+
+def test_the_routes_reference_agent_call_runs_as_written(gateway_factory: Callable[..., GatewayProcess]) -> None:
+    gw = gateway_factory(AGENT_SECRET_KEY=README_SECRET)
+    run(add_profile(gw.database_url, "alice", allowed_models=frozenset({"gpt-4o-mini"})))
+    text = (ROOT / "docs" / "routes.md").read_text()
+    calls = [block for block in re.findall(r"```sh\n(.*?)```", text, re.S) if "/api/v1/agents/" in block]
+    assert calls
+    for call in calls:
+        command = call.replace("127.0.0.1:8000", gw.url.removeprefix("http://"))
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["object"] == "chat.completion", done.stdout
 
 
 def _logical_lines(block: str) -> list[str]:

@@ -46,7 +46,15 @@ _ERROR = {
 }
 
 
-def _errors() -> dict[str, Any]:
+# What each door's 401 says (its credential), for the examples.
+_REFUSED_CREDENTIAL = {
+    "agentSecret": errors.InvalidSecret.message,
+    "supabaseToken": "Missing bearer token.",
+    "adminKey": "Missing or invalid admin key.",
+}
+
+
+def _errors(door: str) -> dict[str, Any]:
     """Every §8 answer, from the error tree: status -> the codes that carry it, each an example."""
     by_status: dict[int, list[type[errors.GatewayError]]] = {}
     pending = [errors.GatewayError]
@@ -60,7 +68,7 @@ def _errors() -> dict[str, Any]:
             "content": {
                 "application/json": {
                     "schema": _ERROR,
-                    "examples": {kind.code or kind.type: {"value": _error_example(kind)} for kind in kinds},
+                    "examples": {kind.code or kind.type: {"value": _error_example(kind, door)} for kind in kinds},
                 }
             },
         }
@@ -68,11 +76,11 @@ def _errors() -> dict[str, Any]:
     }
 
 
-def _error_example(kind: type[errors.GatewayError]) -> dict[str, Any]:
+def _error_example(kind: type[errors.GatewayError], door: str) -> dict[str, Any]:
     request_id = "0f6c1c1e3b9a4d2c8e7f5a6b4c3d2e1f"
     return {
         "error": {
-            "message": kind.message,
+            "message": _REFUSED_CREDENTIAL[door] if kind is errors.InvalidSecret else kind.message,
             "type": kind.type,
             "code": kind.code,
             "param": None,
@@ -143,6 +151,12 @@ _RESPONSES_STREAM = (
     '"status":"completed","usage":{"input_tokens":9,"output_tokens":6,"total_tokens":15}}}\n\n'
 )
 _STREAMS = {"chat": _CHAT_STREAM, "responses": _RESPONSES_STREAM}
+_ANSWER_NOTES = {
+    "chat": "LiteLLM's answer; with `stream: true`, its chunks as they come (`text/event-stream`), the one"
+    " carrying `usage` only when `stream_options.include_usage` asks for it.",
+    "responses": "LiteLLM's answer; with `stream: true`, its events as they come (`text/event-stream`).",
+    "models": "LiteLLM's models, only those in the user's allowed models.",
+}
 
 
 def _operation(route: LLMRoute, security: str, user: bool) -> dict[str, Any]:
@@ -155,13 +169,13 @@ def _operation(route: LLMRoute, security: str, user: bool) -> dict[str, Any]:
         "security": [{security: []}],
         "responses": {
             "200": {
-                "description": "LiteLLM's answer; `text/event-stream` when `stream: true`.",
+                "description": _ANSWER_NOTES.get(route.name, "LiteLLM's answer."),
                 "content": {
                     "application/json": {"schema": {"type": "object"}, "example": _ANSWERS[route.name]},
                     **({"text/event-stream": {"example": _STREAMS[route.name]}} if route.name in _STREAMS else {}),
                 },
             },
-            **_errors(),
+            **_errors(security),
         },
     }
     if route.method == "POST":
@@ -221,7 +235,7 @@ def service_paths(services: Iterable[ServiceSpec]) -> dict[str, Any]:
                         }
                     },
                 },
-                **_errors(),
+                **_errors("supabaseToken"),
             },
         }
     }
@@ -282,7 +296,10 @@ def _pass_through(spec: ServiceSpec, method: str, samples: dict[str, _Sample]) -
             }
         ],
         "security": [{"supabaseToken": []}],
-        "responses": {"200": {"description": f"The {spec.name} service's answer.", "content": content}, **_errors()},
+        "responses": {
+            "200": {"description": f"The {spec.name} service's answer.", "content": content},
+            **_errors("supabaseToken"),
+        },
     }
     if bodies := _examples(samples, "body"):
         operation["requestBody"] = {
@@ -425,7 +442,8 @@ def describe_routes(app: FastAPI, paths: dict[str, Any]) -> None:
             for operations in schema["paths"].values():
                 for operation in operations.values():  # FastAPI's own 422 is never sent: §8 errors are
                     operation["responses"].pop("422", None)
-                    operation["responses"] = {**_errors(), **operation["responses"]}
+                    door = "adminKey" if "admin" in operation.get("tags", ()) else "agentSecret"
+                    operation["responses"] = {**_errors(door), **operation["responses"]}
             schema["paths"] = {**paths, **schema["paths"]}
             for unused in ("HTTPValidationError", "ValidationError"):  # the 422's shapes, gone with it
                 schema.get("components", {}).get("schemas", {}).pop(unused, None)

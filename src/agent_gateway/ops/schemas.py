@@ -221,7 +221,12 @@ class Status(BaseModel):
             "in_flight": 3,
             "max_in_flight": 1000,
             "breakers": [{"name": "litellm:gpt-4o", "state": "closed"}],
-            "limits": {"rate_limit_agent": "100/minute", "rate_limit_agent_tokens": None, "redis": True},
+            "limits": {
+                "rate_limit_agent": "100/minute",
+                "rate_limit_agent_tokens": None,
+                "max_concurrent_per_user": 100,
+                "redis": True,
+            },
         }
     )
 
