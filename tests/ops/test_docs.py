@@ -3,6 +3,7 @@ every route, the README's quick start run as written, and reference pages that c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import pytest
 
 from agent_gateway import errors
 from agent_gateway.settings import Settings
-from tests.conftest import GatewayProcess
+from tests.conftest import GatewayProcess, add_profile, run, settings_variables
 from tests.fakes.litellm import FakeLiteLLM
 
 ROOT = Path(__file__).parents[2]
@@ -55,12 +56,37 @@ def test_docs_pages_render_with_the_network_off(gw: GatewayProcess) -> None:
     assert elsewhere == []
 
 
+def test_docs_pages_reference_only_assets_the_gateway_serves(gw: GatewayProcess) -> None:
+    """Without a browser: each script, stylesheet and icon the pages name is on the gateway, and real."""
+    bundles = {"/docs": "SwaggerUIBundle", "/redoc": "Redoc"}
+    for page, bundle_name in bundles.items():
+        answer = httpx.get(f"{gw.url}{page}")
+        assert answer.status_code == 200
+        assert "default-src 'self'" in answer.headers["content-security-policy"]
+        assets = re.findall(r"<(?:script|link)\b[^>]*?(?:src|href)=[\"']([^\"']+)", answer.text)
+        assert len(assets) >= 2, answer.text  # its script, and its stylesheet or icon
+        assert not re.search(r"https?://", answer.text), "the page names another host"
+        scripts = []
+        for asset in assets:
+            url = httpx.URL(gw.url).join(asset)
+            assert url.host == "127.0.0.1" and url.port == gw.port, asset
+            served = httpx.get(url)
+            assert served.status_code == 200, asset
+            assert len(served.content) > 1000, asset  # the file itself, not an empty placeholder
+            if asset.endswith(".js"):
+                scripts.append(served.text)
+        assert any(bundle_name in script for script in scripts), f"{page}: no {bundle_name} among its scripts"
+
+
 def test_every_described_route_has_request_and_answer_examples(gw: GatewayProcess) -> None:
     spec = httpx.get(f"{gw.url}/openapi.json").json()
     missing = []
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             name = f"{method.upper()} {path}"
+            outside_fastapi = {"agents", "frontend", "letta", "ams"} & set(operation["tags"])
+            if outside_fastapi and method in ("post", "put", "patch") and "requestBody" not in operation:
+                missing.append(f"{name}: request")
             body = operation.get("requestBody", {}).get("content", {}).get("application/json")
             if body is not None and not (body.get("examples") or body.get("example") or _schema_examples(spec, body)):
                 missing.append(f"{name}: request")
@@ -69,6 +95,40 @@ def test_every_described_route_has_request_and_answer_examples(gw: GatewayProces
                     if not (media.get("examples") or media.get("example") or _schema_examples(spec, media)):
                         missing.append(f"{name}: {status}")
     assert missing == [], missing
+    empty = [found for found in _example_values(spec["paths"]) if found in ({}, [], "", None)]
+    assert empty == []  # a sample of `{}` tells a reader nothing
+
+
+def test_the_docs_show_streams_errors_and_pass_through_calls(gw: GatewayProcess) -> None:
+    paths = httpx.get(f"{gw.url}/openapi.json").json()["paths"]
+    chat = paths["/api/v1/agents/{user_id}/messages/chat/completions"]["post"]
+    stream = chat["responses"]["200"]["content"]["text/event-stream"]["example"]
+    assert stream.endswith("data: [DONE]\n\n") and '"usage"' in stream
+    refused = chat["responses"]["403"]["content"]["application/json"]["examples"]["model_not_allowed"]["value"]
+    assert set(refused["error"]) == {"message", "type", "code", "param", "request_id"}  # SPEC §8's body
+    letta = paths["/api/v1/letta/{path}"]["post"]
+    assert "agents/{agent_id}/messages/stream" in letta["description"]  # the allow-list, from its table
+    assert "[DONE]" in letta["responses"]["200"]["content"]["text/event-stream"]["examples"]["stream_message"]["value"]
+    assert "put" not in paths["/api/v1/letta/{path}"]  # no Letta route the gateway allows takes PUT
+    usage = paths["/api/v1/admin/usage"]["get"]["responses"]["200"]["content"]["application/json"]["examples"]
+    assert isinstance(usage["one_user"]["value"], dict) and isinstance(usage["every_user"]["value"], list)
+
+
+def _example_values(node: Any) -> list[Any]:
+    """Every `example` and named example's `value` in the paths."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "example":
+                found.append(value)
+            elif key == "examples" and isinstance(value, dict):
+                found += [named.get("value") for named in value.values() if isinstance(named, dict)]
+            else:
+                found += _example_values(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += _example_values(item)
+    return found
 
 
 def _schema_examples(spec: dict[str, Any], media: dict[str, Any]) -> bool:
@@ -121,6 +181,19 @@ def test_the_readme_quick_start_runs_as_written(gw: GatewayProcess, litellm: Fak
     assert streamed and "None" not in streamed  # the stream's text, and nothing after it
 
 
+def test_the_routes_reference_agent_call_runs_as_written(gateway_factory: Callable[..., GatewayProcess]) -> None:
+    gw = gateway_factory(AGENT_SECRET_KEY=README_SECRET)
+    run(add_profile(gw.database_url, "alice", allowed_models=frozenset({"gpt-4o-mini"})))
+    text = (ROOT / "docs" / "routes.md").read_text()
+    calls = [block for block in re.findall(r"```sh\n(.*?)```", text, re.S) if "/api/v1/agents/" in block]
+    assert calls
+    for call in calls:
+        command = call.replace("127.0.0.1:8000", gw.url.removeprefix("http://"))
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["object"] == "chat.completion", done.stdout
+
+
 def _logical_lines(block: str) -> list[str]:
     """Shell lines with their backslash continuations joined."""
     return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
@@ -136,6 +209,30 @@ def test_the_configuration_reference_lists_every_setting() -> None:
     assert listed == {name.upper() for name in Settings.model_fields}
 
 
+def test_the_configuration_reference_gives_each_default_as_the_gateway_has_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A default written as a value must be the gateway's own; `–` means unset; the few computed from
+    other settings say so in words."""
+    for name in settings_variables():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env
+    defaults = Settings()
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \| (.*?) \|", reference, re.M)
+    described = []
+    for variable, default in rows:
+        field = variable.lower()
+        if default == "–":
+            assert getattr(defaults, field) in (None, ()), variable
+        elif re.fullmatch(r"`[^`$]+`", default):
+            documented = Settings(**{field: default.strip("`")})
+            assert getattr(documented, field) == getattr(defaults, field), variable
+        else:
+            described.append(variable)
+    assert sorted(described) == ["AGENT_GATEWAY_HOME", "DATABASE_URL", "LEDGER_OUTBOX"]
+
+
 def test_the_error_reference_lists_every_error() -> None:
     reference = (ROOT / "docs" / "errors.md").read_text()
     pending, codes = [errors.GatewayError], set()
@@ -149,8 +246,11 @@ def test_the_error_reference_lists_every_error() -> None:
 
 def test_the_readme_and_docs_link_only_inside_the_repository() -> None:
     for page in [README, *(ROOT / "docs").glob("*.md")]:
-        for target in re.findall(r"\]\(([^)#]+)", page.read_text()):
+        text = page.read_text()
+        assert "../shared" not in text, page.name
+        for target in re.findall(r"\]\(([^)#]+)", text):
             if target.startswith(("http://", "https://")):
+                assert page != README, f"the README links outside the repository: {target}"
                 continue
             assert (page.parent / target).resolve().is_relative_to(ROOT), f"{page.name}: {target}"
             assert (page.parent / target).exists(), f"{page.name} links to a missing {target}"

@@ -22,6 +22,7 @@ from agent_gateway.errors import BadRequest, InvalidField, InvalidSecret, NotFou
 from agent_gateway.ops.admin_page import AdminSessions, client_address
 from agent_gateway.ops.schemas import (
     PAGE_LIMIT,
+    USAGE_EXAMPLES,
     Breaker,
     DailyUsage,
     DayUsage,
@@ -143,6 +144,7 @@ def build_admin_router(
         "/usage",
         summary="Token usage per user and month, per model and priced where LiteLLM knows the price",
         response_model=Usage | list[Usage],
+        responses={200: {"content": {"application/json": {"examples": USAGE_EXAMPLES}}}},
     )
     async def admin_usage(
         user_id: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,

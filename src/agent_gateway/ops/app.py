@@ -106,7 +106,13 @@ def build_ops_app(
         "/health",
         tags=["operations"],
         summary="Every configured dependency, checked concurrently (503 when one fails or while draining)",
-        responses=_example(_HEALTH),
+        responses={
+            200: {"content": {"application/json": {"example": _HEALTH}}},
+            503: {
+                "description": "A configured dependency failed, or the instance is draining: the same report",
+                "content": {"application/json": {"example": _HEALTH_FAILING}},
+            },
+        },
     )
     async def health_report() -> JSONResponse:
         report = await health.report()
@@ -136,14 +142,25 @@ _DOCS_POLICY = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'"
 )
-_HEALTH = {
-    "status": "ok",
+_CHECKS: dict[str, Any] = {
+    "database": {"status": "ok", "latency_ms": 0.8},
+    "redis": {"status": "not_configured"},
+    "litellm": {"status": "ok", "latency_ms": 3.1},
+    "letta": {"status": "ok", "latency_ms": 4.7, "breaker": "closed"},
+    "ams": {"status": "not_configured"},
+    "supabase": {"status": "ok", "latency_ms": 21.4},
+}
+_HEALTH = {"status": "ok", "checks": _CHECKS}
+_HEALTH_FAILING = {
+    "status": "error",
     "checks": {
-        "database": {"status": "ok", "latency_ms": 0.8},
-        "redis": {"status": "not_configured"},
-        "litellm": {"status": "ok", "latency_ms": 3.1},
-        "letta": {"status": "ok", "latency_ms": 4.7},
-        "ams": {"status": "not_configured"},
+        **_CHECKS,
+        "letta": {
+            "status": "error",
+            "reason": "The upstream service could not be reached or broke the protocol.",
+            "latency_ms": 1.0,
+            "breaker": "closed",
+        },
     },
 }
 _METRICS = (

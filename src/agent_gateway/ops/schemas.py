@@ -99,6 +99,53 @@ class UserChanges(BaseModel):
     monthly_limit: int | None = Field(default=None, description="null: no limit.", json_schema_extra={"minimum": 0})
 
 
+_ALICE_USAGE = {
+    "user_id": "alice",
+    "month": "2025-06",
+    "requests": 42,
+    "prompt_tokens": 30000,
+    "completion_tokens": 12000,
+    "total_tokens": 42000,
+    "estimated_requests": 1,
+    "estimated_cost": 0.0117,
+    "models": [
+        {
+            "model": "gpt-4o-mini",
+            "requests": 42,
+            "prompt_tokens": 30000,
+            "completion_tokens": 12000,
+            "total_tokens": 42000,
+            "estimated_cost": 0.0117,
+        }
+    ],
+}
+_BOB_USAGE = {
+    "user_id": "bob",
+    "month": "2025-06",
+    "requests": 3,
+    "prompt_tokens": 900,
+    "completion_tokens": 150,
+    "total_tokens": 1050,
+    "estimated_requests": 0,
+    "estimated_cost": None,
+    "models": [
+        {
+            "model": "claude-local",
+            "requests": 3,
+            "prompt_tokens": 900,
+            "completion_tokens": 150,
+            "total_tokens": 1050,
+            "estimated_cost": None,
+        }
+    ],
+}
+# `GET /usage` answers one user's totals with `user_id`, a list of every user's without.
+USAGE_EXAMPLES = {
+    "one_user": {"summary": "?user_id=alice&month=2025-06", "value": _ALICE_USAGE},
+    "every_user": {"summary": "?month=2025-06 (every user with calls that month)", "value": [_ALICE_USAGE, _BOB_USAGE]},
+}
+
+
 class ModelUsage(BaseModel):
     model: str | None
     requests: int
@@ -111,28 +158,7 @@ class ModelUsage(BaseModel):
 
 
 class Usage(BaseModel):
-    model_config = _example(
-        {
-            "user_id": "alice",
-            "month": "2025-06",
-            "requests": 42,
-            "prompt_tokens": 30000,
-            "completion_tokens": 12000,
-            "total_tokens": 42000,
-            "estimated_requests": 1,
-            "estimated_cost": 0.0117,
-            "models": [
-                {
-                    "model": "gpt-4o-mini",
-                    "requests": 42,
-                    "prompt_tokens": 30000,
-                    "completion_tokens": 12000,
-                    "total_tokens": 42000,
-                    "estimated_cost": 0.0117,
-                }
-            ],
-        }
-    )
+    model_config = _example(_ALICE_USAGE)
 
     user_id: str
     month: str = Field(description="YYYY-MM, UTC.")
@@ -195,7 +221,12 @@ class Status(BaseModel):
             "in_flight": 3,
             "max_in_flight": 1000,
             "breakers": [{"name": "litellm:gpt-4o", "state": "closed"}],
-            "limits": {"rate_limit_agent": "100/minute", "rate_limit_agent_tokens": None, "redis": True},
+            "limits": {
+                "rate_limit_agent": "100/minute",
+                "rate_limit_agent_tokens": None,
+                "max_concurrent_per_user": 100,
+                "redis": True,
+            },
         }
     )
 
