@@ -15,6 +15,7 @@ from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from agent_gateway.ops import tracing
 from tests.conftest import SECRET, USER_KEY_PREFIX, add_profile, free_port, new_user, run
 from tests.fakes.litellm import FakeLiteLLM
 from tests.fakes.server import ThreadedServer
@@ -115,11 +116,53 @@ def test_an_unreachable_upstream_is_an_error_span_naming_only_the_failures_type(
     assert not any(s.events for s in spans)
 
 
-def test_without_an_endpoint_nothing_is_traced_and_the_callers_context_passes_on(
-    gateway_factory: Any, litellm: FakeLiteLLM
+def test_spans_still_batched_at_stop_are_exported(
+    gateway_factory: Any, litellm: FakeLiteLLM, receiver: OtlpReceiver
+) -> None:
+    gw = gateway_factory(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="600000")
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    httpx.post(
+        f"{gw.agent_base(user_id)}/chat/completions",
+        headers={"Authorization": f"Bearer {SECRET}", "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    ).raise_for_status()
+    assert receiver.spans == []  # batched for ten minutes
+
+    assert gw.terminate() == 0
+    assert {s.kind for s in receiver.spans if s.trace_id.hex() == TRACE_ID} == {
+        Span.SPAN_KIND_SERVER,
+        Span.SPAN_KIND_CLIENT,
+    }
+
+
+def test_a_collector_that_is_down_does_not_hold_the_gateways_stop(gateway_factory: Any, litellm: FakeLiteLLM) -> None:
+    gw = gateway_factory(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{free_port()}", OTEL_BSP_SCHEDULE_DELAY="100")
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+    for _ in range(2):  # one batch being retried by the exporter, one still queued
+        httpx.post(
+            f"{gw.agent_base(user_id)}/chat/completions",
+            headers={"Authorization": f"Bearer {SECRET}"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        ).raise_for_status()
+        time.sleep(0.3)
+
+    started = time.monotonic()
+    assert gw.terminate() == 0
+    # The exporter alone would retry each batch for 10 s before the process could exit.
+    assert time.monotonic() - started < tracing.FLUSH_SECONDS + 3
+    assert "spans not exported at stop" in gw.logs()
+
+
+@pytest.mark.parametrize("switched_off", [False, True], ids=["no-endpoint", "OTEL_SDK_DISABLED"])
+def test_without_tracing_nothing_is_exported_and_the_callers_context_passes_on(
+    gateway_factory: Any, litellm: FakeLiteLLM, receiver: OtlpReceiver, switched_off: bool
 ) -> None:
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in os.environ
-    gw = gateway_factory()
+    # OpenTelemetry's own off switch wins over an endpoint.
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_SDK_DISABLED": "true"} if switched_off else {}
+    gw = gateway_factory(OTEL_BSP_SCHEDULE_DELAY="100", **env)
     user_id = new_user()
     run(add_profile(gw.database_url, user_id))
     caller = f"00-{TRACE_ID}-{PARENT_ID}-01"
@@ -129,4 +172,6 @@ def test_without_an_endpoint_nothing_is_traced_and_the_callers_context_passes_on
         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
     ).raise_for_status()
     assert litellm.for_user(user_id)[-1].headers["traceparent"] == caller  # as before: the header allow-list
+    assert gw.terminate() == 0  # a tracing gateway would have flushed its spans by now
+    assert receiver.spans == []
     assert "tracing" not in gw.logs()

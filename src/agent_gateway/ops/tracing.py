@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agent_gateway.tracing")
 _PROPAGATED = (b"traceparent", b"tracestate")
+# At stop, what is still batched gets this long to reach the collector: one that is down or slow
+# must not hold the gateway's exit (the exporter retries for 10 s per batch, and there may be two).
+FLUSH_SECONDS = 2.0
 
 
 class Tracing:
@@ -35,7 +39,7 @@ class Tracing:
 
         # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES and the exporter's OTEL_* settings apply as usual.
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "agent-gateway")})
-        self._provider = TracerProvider(resource=resource)
+        self._provider = TracerProvider(resource=resource, shutdown_on_exit=False)  # stopped by `stop`
         self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self._tracer = self._provider.get_tracer("agent_gateway")
         self._propagate = propagate
@@ -89,7 +93,12 @@ class Tracing:
             yield span
 
     def shutdown(self) -> None:
-        self._provider.shutdown()  # exports what is still batched
+        """Exports what is still batched, waiting at most `FLUSH_SECONDS` (the exporter's thread is a daemon)."""
+        flush = threading.Thread(target=self._provider.shutdown, name="otel-flush", daemon=True)
+        flush.start()
+        flush.join(FLUSH_SECONDS)
+        if flush.is_alive():
+            log.warning("spans not exported at stop: the OTLP endpoint did not take them in time")
 
 
 active: Tracing | None = None
@@ -99,6 +108,8 @@ def start_from_environment() -> Tracing | None:
     """Tracing as the environment asks; sets `active`."""
     global active
     if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        return None
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":  # OpenTelemetry's own off switch
         return None
     try:
         active = Tracing()
