@@ -187,6 +187,24 @@ class Cli:
         return lines[0]
 
 
+def start_redis(port: int) -> subprocess.Popen[bytes]:
+    """A redis-server of a test's own on `port` (never the shared one), answering when this returns."""
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            return server
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise
+            time.sleep(0.05)
+
+
 def new_user() -> str:
     return f"u-{uuid.uuid4().hex[:12]}"
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import redis
 
-from tests.conftest import SECRET, add_profile, free_port, new_user, run
+from tests.conftest import SECRET, add_profile, free_port, new_user, run, start_redis
 
 pytestmark = pytest.mark.faults  # real processes killed and servers stopped: `-m "not faults"` skips them
 
@@ -21,20 +19,9 @@ def test_a_redis_restart_keeps_the_reservations_of_calls_in_flight(gateway_facto
     """Redis restarted (empty) while a call is in flight: the month reloaded from the ledger holds
     that call's reservation too, not only settled tokens (before: 180 of 100 tokens passed)."""
     port = free_port()
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     url = f"redis://127.0.0.1:{port}/0"
 
-    def start() -> subprocess.Popen[bytes]:
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        for _ in range(100):
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        return server
-
-    server = start()
+    server = start_redis(port)
     try:
         gw = gateway_factory(REDIS_URL=url, LIMITS_FAIL_MODE="closed")
         user_id = new_user()
@@ -51,7 +38,7 @@ def test_a_redis_restart_keeps_the_reservations_of_calls_in_flight(gateway_facto
                 await asyncio.sleep(1.0)  # admitted: its reservation is in Redis, its row in the ledger
                 server.kill()
                 server.wait()
-                restarted.append(start())  # empty: Redis lost the month and every reservation
+                restarted.append(start_redis(port))  # empty: Redis lost the month and every reservation
                 second = 503
                 for _ in range(20):  # each pooled connection died with the server: one 503 each, then an answer
                     second = (await client.post(endpoint, headers=headers, content=body("tokens-100"))).status_code

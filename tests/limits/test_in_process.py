@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -25,7 +22,7 @@ from agent_gateway.limits.budget import (
 )
 from agent_gateway.limits.concurrency import InFlight
 from agent_gateway.limits.rate import MemoryRateLimiter, RedisRateLimiter
-from tests.conftest import free_port
+from tests.conftest import free_port, start_redis
 
 MONTH = "2026-12"
 
@@ -122,17 +119,8 @@ async def test_the_request_rate_is_exact_and_counted_before_the_month(budgets: B
 def private_redis() -> Iterator[str]:
     """A redis-server of this test's own, so its command count is this test's alone."""
     port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
+    server = start_redis(port)
     try:
-        probe = redis.Redis(port=port)
-        for _ in range(100):
-            with contextlib.suppress(redis.ConnectionError):
-                probe.ping()
-                break
-            time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         server.terminate()

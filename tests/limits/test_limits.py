@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import random
 import subprocess
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -16,12 +15,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import redis
 
 from agent_gateway.domain import Usage
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.ledger import Ledger, LedgerEntry
-from tests.conftest import SECRET, GatewayProcess, add_profile, free_port, new_user, run, wait_for_rows
+from tests.conftest import SECRET, GatewayProcess, add_profile, free_port, new_user, run, start_redis, wait_for_rows
 from tests.fakes.litellm import FakeLiteLLM
 
 HIGH_RATE = "100000/minute"
@@ -166,20 +164,8 @@ async def _spent(database_url: str, user_id: str, tokens: int) -> None:
 def own_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A Redis server of this test's own, so the test can stop it."""
     port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
+    process = start_redis(port)
     url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
     yield url, process
     if process.poll() is None:
         process.kill()
