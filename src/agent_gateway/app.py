@@ -46,6 +46,7 @@ from agent_gateway.policies.rate_limit import RateLimitPolicy
 from agent_gateway.policies.secret import SecretPolicy
 from agent_gateway.settings import Settings
 from agent_gateway.stores.database import Database
+from agent_gateway.stores.instances import Instances
 from agent_gateway.stores.key_cipher import KeyCipher
 from agent_gateway.stores.ledger import Ledger
 from agent_gateway.stores.letta_objects import LettaObjects
@@ -85,7 +86,8 @@ class Platform:
         self.services = {
             spec.name: UpstreamClient(spec.name, url) for spec in SERVICES if (url := _service_url(settings, spec.name))
         }
-        self.ledger = Ledger(self.database, Outbox(settings.outbox_path))
+        self.instances = Instances(self.database, settings.instance_heartbeat_seconds)
+        self.ledger = Ledger(self.database, Outbox(settings.outbox_path), instances=self.instances)
         self.exit_code = 0  # non-zero when the stop left usage rows behind (in the outbox)
         self.breakers = Breakers(settings.breaker_threshold, settings.breaker_cooldown_seconds)
         self._background: list[asyncio.Task[None]] = []
@@ -132,7 +134,7 @@ class Platform:
         await self.ledger.start()
         if tracing.start_from_environment() is not None:
             log.info("tracing to OTLP", extra={"endpoint": _otlp_endpoint()})
-        self._background += [asyncio.create_task(work) for work in background]
+        self._background += [asyncio.create_task(work) for work in [self.ledger.keep_alive(), *background]]
         forgetting = Forgetting((profiles.invalidate, versions.invalidate), profiles.clear)
         changes = ChangeLog(self.database)
         poll = follow_changes(changes, forgetting, self.settings.profile_poll_seconds, await changes.latest())
@@ -186,6 +188,7 @@ def build_gateway(settings: Settings) -> Gateway:
             settings.limits_fail_mode,
             fallback=_shared(platform),
             in_flight=ledger.month_in_flight,
+            instance=platform.instances.id,
         )
         if redis
         else MemoryBudgets(ledger.month_used)
@@ -243,7 +246,7 @@ def build_gateway(settings: Settings) -> Gateway:
     ops = build_ops_app(health, ledger, settings.admin_api_key, paths, users, prices, status, sessions)
 
     async def start() -> None:
-        # With Redis, the instance's heartbeat, which also frees the reservations of dead instances.
+        # With Redis, a heartbeat there too, which frees the Redis reservations of dead instances.
         heartbeat = (
             [budgets.keep_alive(settings.instance_heartbeat_seconds)] if isinstance(budgets, RedisBudgets) else []
         )
@@ -273,7 +276,8 @@ def _shared(platform: Platform) -> Budgets | None:
     """Without Redis, instances on one PostgreSQL still share each month (SQLite: one process)."""
     if platform.database.dialect != "postgresql":
         return None
-    return SharedMonthBudgets(platform.database, MemoryBudgets(platform.ledger.month_used, reload_after=5.0))
+    local = MemoryBudgets(platform.ledger.month_used, reload_after=5.0)
+    return SharedMonthBudgets(platform.database, local, platform.instances.id)
 
 
 def _services(

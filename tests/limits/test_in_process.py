@@ -154,6 +154,52 @@ async def test_redis_rate_limit_is_exact_under_a_concurrent_burst(redis_client: 
     assert sum(d.allowed for d in decisions) == 7
 
 
+async def test_a_redis_restart_fails_no_call() -> None:
+    """Redis restarted (empty): every pooled connection died with it. Closed mode refused one call
+    per dead connection with 503; now the first failure drops them all and the call is retried."""
+    port = free_port()
+    server = start_redis(port)
+    client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{port}/0")
+    limiter = RedisRateLimiter(client, "closed", prefix="t:")
+    budgets = RedisBudgets(client, used, ttl=60, fail_mode="closed", prefix="t:")
+    per_minute = Rate.parse("100/minute")
+    try:
+        # Eight calls at once: eight pooled connections.
+        await asyncio.gather(*(limiter.hit("u", per_minute) for _ in range(8)))
+        server.kill()
+        server.wait()
+        server = start_redis(port)
+        decisions = await asyncio.gather(*(limiter.hit("u", per_minute) for _ in range(8)))
+        assert [d.remaining for d in sorted(decisions, key=lambda d: -d.remaining)] == list(range(99, 91, -1))
+        assert (await budgets.reserve(request("after", 100))).admitted
+    finally:
+        await client.aclose()
+        server.kill()
+        server.wait()
+
+
+async def test_a_reservation_undone_and_made_again_counts_once(redis_client: redis.asyncio.Redis) -> None:
+    """What a retry after a lost reply does (the script may have run): undo, then reserve again."""
+    budgets = RedisBudgets(redis_client, used, ttl=60, fail_mode="closed", prefix=f"t:{uuid.uuid4().hex}:")
+    once = Rate.parse("1/minute")
+    assert (await budgets.reserve(request("a", 100, requests=once))).admitted
+    await budgets.settle(request("a", 100, requests=once), 0)
+    assert (await budgets.reserve(request("a", 100, requests=once))).admitted  # the same call: not counted twice
+    assert await budgets.month_held("u", MONTH) == 400 + 100
+    assert (await budgets.reserve(request("b", 1, requests=once))).outcome == OVER_REQUESTS
+
+
+async def test_a_settlement_redis_cannot_take_refuses_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """Closed mode with Redis down refuses admissions; a call that already ended has nothing to
+    refuse: its settlement is noted (the month reloads from the ledger), not raised as a 503."""
+    client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    budgets = RedisBudgets(client, used, ttl=60, fail_mode="closed", prefix="t:")
+    for _ in range(3):
+        await budgets.settle(request("gone", 100), 10)
+    assert [r.message for r in caplog.records] == ["redis unavailable for limits"]  # once, not per call
+    await client.aclose()
+
+
 def test_in_flight_slots_are_per_user_exact_and_given_back() -> None:
     slots = InFlight(3)
     assert [slots.take("u") for _ in range(5)] == [True, True, True, False, False]

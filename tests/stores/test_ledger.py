@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from agent_gateway.domain import Usage
 from agent_gateway.stores.database import Database
+from agent_gateway.stores.instances import Instances
 from agent_gateway.stores.ledger import Ledger, LedgerEntry
 
 JANUARY = datetime(2024, 1, 31, 23, 59, 59, tzinfo=UTC)
@@ -219,6 +220,80 @@ async def test_start_recovers(database: Database) -> None:
     await restarted.start()
     await restarted.close()
     assert (await row(database, entry))["state"] == "settled"
+
+
+async def test_recovery_leaves_the_calls_of_live_processes_alone(database: Database) -> None:
+    """A process starting beside a live one does not settle the live one's calls: they still hold
+    their reservations. Once the live one falls silent for three heartbeats, they are settled."""
+    live = Ledger(database, instances=Instances(database, heartbeat=0.1))
+    await live.instances.beat()
+    entry = call(estimate=80)
+    live.admit(entry)
+    await live.flush()
+
+    starting = Ledger(database, flush_interval=3600, instances=Instances(database, heartbeat=0.1))
+    await starting.start()
+    assert await starting.recover() == 0
+    assert (await row(database, entry))["state"] == "in_flight"
+
+    await asyncio.sleep(0.35)  # `live` says nothing for three heartbeats and more: it crashed
+    assert await starting.recover() == 1
+    settled = await row(database, entry)
+    assert (settled["state"], settled["estimated"], settled["total_tokens"]) == ("settled", True, 80)
+    await starting.close()
+
+
+async def test_a_live_process_settles_the_calls_of_a_crashed_one(database: Database) -> None:
+    crashed = Ledger(database, instances=Instances(database, heartbeat=0.05))
+    await crashed.instances.beat()
+    lost, own = call(estimate=80), call(estimate=30)
+    crashed.admit(lost)
+    await crashed.flush()
+
+    survivor = Ledger(database, instances=Instances(database, heartbeat=0.05))
+    await survivor.start()
+    survivor.admit(own)
+    await survivor.flush()
+    beating = asyncio.create_task(survivor.keep_alive())
+    try:
+        deadline = time.monotonic() + 5
+        while (await row(database, lost))["state"] == "in_flight":
+            assert time.monotonic() < deadline, "the crashed process's call is still in flight"
+            await asyncio.sleep(0.05)
+        assert (await row(database, own))["state"] == "in_flight"  # its own call is alive
+    finally:
+        beating.cancel()
+        await survivor.close()
+
+
+async def test_rows_without_a_process_are_settled_at_start(database: Database) -> None:
+    """Rows an earlier version wrote carry no process id: a start settles them, as it always did."""
+    earlier = Ledger(database)
+    entry = call()
+    earlier.admit(entry)
+    await earlier.flush()
+    async with database.begin() as conn:
+        await conn.execute(sa.text("UPDATE usage_ledger SET instance = NULL"))
+
+    assert await Ledger(database).recover() == 0
+    assert await Ledger(database).recover(unowned=True) == 1
+
+
+async def test_an_earlier_ledger_table_gains_the_process_column(database_url: str) -> None:
+    database = Database(database_url)
+    await database.start()
+    async with database.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE usage_ledger DROP COLUMN instance"))
+    await database.close()
+
+    database = Database(database_url)
+    await database.start()
+    ledger = Ledger(database)
+    entry = call()
+    ledger.admit(entry)
+    await ledger.flush()
+    assert (await row(database, entry))["instance"] == ledger.instances.id
+    await database.close()
 
 
 async def test_month_totals_per_user_and_month(database: Database) -> None:

@@ -26,11 +26,12 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as ConnectionLost
 from redis.exceptions import RedisError
 
 from agent_gateway.domain import Rate
 from agent_gateway.limits.rate import MemoryRateLimiter
-from agent_gateway.limits.redis import FailMode, RedisFailures
+from agent_gateway.limits.redis import FailMode, RedisFailures, once_more_if_reset
 
 log = logging.getLogger("agent_gateway.limits")
 MonthTotal = Callable[[str, str], Awaitable[int]]  # (user_id, month) -> settled tokens in the ledger
@@ -213,7 +214,7 @@ class MemoryBudgets:
 # Each held amount is a zset (member `id:tokens`, score = when it stops counting) plus a running
 # total beside it, so an admission costs O(1) plus what expired since the last one.
 # KEYS: month used, month reservations, its total, token window, its total, this instance's
-# reservations, the request log. ARGV: tokens, id, monthly limit (-1 = none), reservation ttl ms,
+# reservations, the request log, the call's abandoned mark, its reclaimed mark (for _SETTLE). ARGV: tokens, id, monthly limit (-1 = none), reservation ttl ms,
 # month total from the ledger ('' = not loaded), token limit (-1 = none), window ms, '1' to
 # replace the month total with the ledger's, the call's estimate, request limit (-1 = none),
 # request window ms. Returns {outcome, used, reserved, retry ms, requests left, request reset ms}.
@@ -236,7 +237,8 @@ if requests >= 0 then
   local first = now
   if oldest[2] then first = tonumber(oldest[2]) end
   reset = first + period - now
-  if count >= requests then
+  if redis.call('ZSCORE', KEYS[7], ARGV[2]) then count = count - 1  -- a retry: counted already
+  elseif count >= requests then
     local nth = redis.call('ZRANGE', KEYS[7], count - requests, count - requests, 'WITHSCORES')
     return {3, 0, 0, tonumber(nth[2]) + period - now, 0, reset}
   end
@@ -310,12 +312,19 @@ return {1, used, reserved, 0, left, reset}
 """
 
 # KEYS as above. ARGV: id, reserved tokens, actual tokens. The month total grows only if Redis
-# still holds it; otherwise the next load reads this call from the ledger.
+# still holds it; otherwise the next load reads this call from the ledger. A call whose instance
+# was taken for dead (it stalled) had its estimate added by the reclaim: only the rest is added.
 _SETTLE = """
 local reserved = ARGV[1] .. ':' .. ARGV[2]
 if redis.call('ZREM', KEYS[2], reserved) == 1 then redis.call('DECRBY', KEYS[3], ARGV[2]) end
 redis.call('HDEL', KEYS[6], reserved)
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[3]) end
+local actual = tonumber(ARGV[3])
+local billed = redis.call('GET', KEYS[9])
+if billed then
+  redis.call('DEL', KEYS[9])
+  actual = actual - tonumber(billed)
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], actual) end
 local until_ = redis.call('ZSCORE', KEYS[4], reserved)
 if until_ then
   redis.call('ZREM', KEYS[4], reserved)
@@ -326,8 +335,10 @@ return 1
 """
 
 
-# KEYS: a dead instance's reservations. Frees each one still held, adding its estimate to the
-# month total (as the ledger's recovery bills the crashed call); returns how many it freed.
+# KEYS: a dead instance's reservations. ARGV: the key prefix, the reservation ttl ms. Frees each
+# one still held, adding its estimate to the month total (as the ledger's recovery bills the
+# crashed call) and noting that it did, for the settlement of an instance that was only stalled.
+# Returns how many it freed.
 _RECLAIM = """
 local freed = 0
 local held = redis.call('HGETALL', KEYS[1])
@@ -336,7 +347,11 @@ for i = 1, #held, 2 do
   local used, zset, total, estimate = string.match(held[i + 1], '([^|]*)|([^|]*)|([^|]*)|(%d+)')
   if redis.call('ZREM', zset, member) == 1 then
     redis.call('DECRBY', total, tonumber(string.match(member, ':(%d+)$')))
-    if redis.call('EXISTS', used) == 1 then redis.call('INCRBY', used, estimate) end
+    if redis.call('EXISTS', used) == 1 then
+      redis.call('INCRBY', used, estimate)
+      local id = string.match(member, '^(.*):%d+$')
+      redis.call('SET', ARGV[1] .. 'reclaimed:' .. id, estimate, 'PX', ARGV[2])
+    end
     freed = freed + 1
   end
 end
@@ -380,6 +395,7 @@ class RedisBudgets:
         prefix: str = "agw:budget:",
         fallback: Budgets | None = None,
         in_flight: MonthInFlight | None = None,
+        instance: str | None = None,
     ) -> None:
         self.redis = redis
         self.month_total = month_total
@@ -393,7 +409,7 @@ class RedisBudgets:
         self._settle = redis.register_script(_SETTLE)
         self._held = redis.register_script(_HELD)
         self._reclaim = redis.register_script(_RECLAIM)
-        self.instance = os.urandom(8).hex()
+        self.instance = instance or os.urandom(8).hex()
         self._failures = RedisFailures("budget", fail_mode)
         self._held_by_fallback: set[str] = set()
         # Months whose Redis total missed a settlement (Redis failed): reloaded from the ledger.
@@ -414,6 +430,7 @@ class RedisBudgets:
             held,
             requests,
             f"{self.prefix}abandoned:{request.reservation_id}",
+            f"{self.prefix}reclaimed:{request.reservation_id}",
         ]
 
     def _instance_key(self, instance: str, what: str) -> str:
@@ -430,7 +447,9 @@ class RedisBudgets:
                 for member in await self.redis.smembers(instances):
                     other = member.decode() if isinstance(member, bytes) else str(member)
                     if not await self.redis.exists(self._instance_key(other, "alive")):
-                        freed = await self._reclaim(keys=[self._instance_key(other, "held")])
+                        freed = await self._reclaim(
+                            keys=[self._instance_key(other, "held")], args=[self.prefix, int(self.ttl * 1000)]
+                        )
                         await self.redis.srem(instances, other)
                         if freed:
                             log.warning(
@@ -455,21 +474,36 @@ class RedisBudgets:
             request.requests.limit if request.requests else -1,
             int(request.requests.period * 1000) if request.requests else 0,
         ]
-        month = (request.user_id, request.month)
+        keys = self._keys(request)
+
+        async def undo_then_reserve() -> list[Any]:
+            # The reply lost with the connection may be of a script that ran: undo what it did.
+            await self._settle(keys=keys, args=[request.reservation_id, request.tokens, 0])
+            return await self._reserve_once(request, keys, args)
+
         try:
-            if month in self._stale and request.monthly_limit is not None:
-                args[4], args[7] = await self.month_total(*month), "1"
-                args += await self._held_in_ledger(month)
-            result = await self._reserve(keys=self._keys(request), args=args)
-            if int(result[0]) == NEEDS_LOAD:
-                args[4] = await self.month_total(*month)
-                args += await self._held_in_ledger(month)
-                result = await self._reserve(keys=self._keys(request), args=args)
-            self._stale.discard(month)
+            try:
+                result = await self._reserve_once(request, keys, args)
+            except ConnectionLost:
+                result = await once_more_if_reset(self.redis, undo_then_reserve)
+            self._stale.discard((request.user_id, request.month))
         except (RedisError, OSError) as exc:
             return await self._degraded(request, exc)
         outcome, used, reserved, retry_ms, remaining, reset_ms = (int(value) for value in result)
         return BudgetDecision(outcome, used, reserved, retry_ms / 1000, remaining, reset_ms / 1000)
+
+    async def _reserve_once(self, request: BudgetRequest, keys: list[str], args: list[int | str]) -> list[Any]:
+        args = list(args)
+        month = (request.user_id, request.month)
+        if month in self._stale and request.monthly_limit is not None:
+            args[4], args[7] = await self.month_total(*month), "1"
+            args += await self._held_in_ledger(month)
+        result: list[Any] = await self._reserve(keys=keys, args=args)
+        if int(result[0]) == NEEDS_LOAD:
+            args[4] = await self.month_total(*month)
+            args += await self._held_in_ledger(month)
+            result = await self._reserve(keys=keys, args=args)
+        return result
 
     async def _held_in_ledger(self, month: tuple[str, str]) -> list[int | str]:
         """The ledger's calls in flight for the month, as the script's trailing arguments."""
@@ -499,7 +533,7 @@ class RedisBudgets:
         except (RedisError, OSError) as exc:
             # The reservation expires by itself; the month total is reloaded from the ledger.
             self._stale.add((request.user_id, request.month))
-            self._failures.failed("settle", exc)
+            self._failures.note("settle", exc)
 
     async def _degraded(self, request: BudgetRequest, exc: Exception) -> BudgetDecision:
         # A timed-out script may still have reserved: take that back once Redis answers again.

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agent_gateway.domain import Rate
-from agent_gateway.limits.redis import FailMode, RedisFailures
+from agent_gateway.limits.redis import FailMode, RedisFailures, once_more_if_reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +67,8 @@ class MemoryRateLimiter:
         return RateDecision(True, rate.limit - len(hits), hits[0] + rate.period - now, 0.0)
 
 
-# KEYS[1] the log; ARGV: limit, period in ms, a unique member. Redis' own clock is the one
-# clock all instances share.
+# KEYS[1] the log; ARGV: limit, period in ms, the hit's unique member. Redis' own clock is the
+# one clock all instances share. A hit already in the log (a retry) is not counted again.
 _SLIDING_LOG = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -79,6 +79,7 @@ local count = redis.call('ZCARD', KEYS[1])
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local first = now
 if oldest[2] then first = tonumber(oldest[2]) end
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return {1, limit - count, first + period - now, 0} end
 if count >= limit then
   local nth = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
   return {0, 0, first + period - now, tonumber(nth[2]) + period - now}
@@ -102,9 +103,11 @@ class RedisRateLimiter:
         self._failures = RedisFailures("rate_limit", fail_mode)
 
     async def hit(self, key: str, rate: Rate) -> RateDecision:
+        keys = [self.prefix + key]
+        args: list[int | str] = [rate.limit, int(rate.period * 1000), os.urandom(8).hex()]
         try:
-            allowed, remaining, reset_ms, retry_ms = await self._script(
-                keys=[self.prefix + key], args=[rate.limit, int(rate.period * 1000), os.urandom(8).hex()]
+            allowed, remaining, reset_ms, retry_ms = await once_more_if_reset(
+                self.redis, lambda: self._script(keys=keys, args=args)
             )
         except (RedisError, OSError) as exc:
             self._failures.failed("hit", exc)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as ConnectionLost
 
 from agent_gateway.errors import LimitsUnavailable
 from agent_gateway.ops import metrics
@@ -19,6 +21,7 @@ from agent_gateway.settings import Settings
 log = logging.getLogger("agent_gateway.limits")
 FailMode = Literal["open", "closed"]
 _CONNECT_TIMEOUT = 1.0
+T = TypeVar("T")
 
 
 def connect_redis(settings: Settings, timeout: float | None, **options: Any) -> Redis | None:
@@ -45,6 +48,21 @@ def connect_redis(settings: Settings, timeout: float | None, **options: Any) -> 
     return Redis(connection_pool=pool)
 
 
+async def once_more_if_reset(redis: Redis, call: Callable[[], Awaitable[T]]) -> T:
+    """`call`, made again on a new connection if its connection broke.
+
+    After a Redis restart every pooled connection is dead, and each failed one call (a 503 each in
+    `closed` mode): the pool now drops its other idle ones too, and the call is retried once. Only
+    for idempotent calls: the server may have run the broken one before its reply was lost. A
+    timeout is not retried: a hung Redis may still run the call later.
+    """
+    try:
+        return await call()
+    except ConnectionLost:
+        await redis.connection_pool.disconnect(inuse_connections=False)
+        return await call()
+
+
 class RedisFailures:
     """One limit's record of Redis failing: counted every time, logged once a minute."""
 
@@ -55,6 +73,12 @@ class RedisFailures:
 
     def failed(self, step: str, exc: BaseException) -> None:
         """Note the failure; in `closed` mode refuse the request (503 `limits_unavailable`)."""
+        self.note(step, exc)
+        if self.fail_mode == "closed":
+            raise LimitsUnavailable()
+
+    def note(self, step: str, exc: BaseException) -> None:
+        """Count and (once a minute) log a failure that refuses nothing: a settlement, after the call."""
         metrics.REDIS_FALLBACKS.labels(component=self.component, mode=self.fail_mode).inc()
         now = time.monotonic()
         if now - self._last_warning > 60:
@@ -63,5 +87,3 @@ class RedisFailures:
                 "redis unavailable for limits",
                 extra={"component": self.component, "step": step, "mode": self.fail_mode, "reason": type(exc).__name__},
             )
-        if self.fail_mode == "closed":
-            raise LimitsUnavailable()

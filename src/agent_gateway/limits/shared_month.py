@@ -28,9 +28,10 @@ _HELD = sa.func.coalesce(
 
 
 class SharedMonthBudgets:
-    def __init__(self, database: Database, local: MemoryBudgets) -> None:
+    def __init__(self, database: Database, local: MemoryBudgets, instance: str) -> None:
         self.database = database
         self.local = local
+        self.instance = instance  # the admission row is this process's, like the call's own
 
     async def reserve(self, request: BudgetRequest) -> BudgetDecision:
         local = dataclasses.replace(request, monthly_limit=None)
@@ -74,6 +75,7 @@ class SharedMonthBudgets:
                 "reserved_tokens": request.tokens,
                 "estimated": True,
                 "admitted_at": datetime.now(UTC),
+                "instance": self.instance,
             }
             await conn.execute(postgresql.insert(ledger).values(row).on_conflict_do_nothing(index_elements=["id"]))
         return BudgetDecision(ADMITTED, held, request.tokens)

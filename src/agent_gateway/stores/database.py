@@ -38,8 +38,20 @@ ledger = sa.Table(
     sa.Column("estimated", sa.Boolean, nullable=False, default=False),
     sa.Column("admitted_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("instance", sa.String(32)),  # the process that admitted the call: its rows die with it
     sa.Index("ix_usage_ledger_user_month", "user_id", "month"),
     sa.Index("ix_usage_ledger_state", "state"),
+)
+
+
+# Every serving process and when it last said it lives (stores/ledger.py): the calls in flight of
+# one silent for long are settled by the others, and nobody else's are.
+instances = sa.Table(
+    "gateway_instances",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("process", sa.String(128)),  # boot id/PID namespace/pid: see stores/instances.py
 )
 
 
@@ -134,6 +146,7 @@ class Database:
             if self.schema:
                 await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_add_new_columns)
             await conn.run_sync(self._adopt_profiles)
 
     def _adopt_profiles(self, sync_conn: sa.Connection) -> None:
@@ -160,6 +173,16 @@ class Database:
         await self.engine.dispose()
 
 
+def _add_new_columns(sync_conn: sa.Connection) -> None:
+    """Columns a later version added to a table an earlier one created (all nullable)."""
+    for table in (ledger, instances):
+        present = {column["name"] for column in sa.inspect(sync_conn).get_columns(table.name)}
+        for column in table.c:
+            if column.name not in present:
+                ddl = sa.schema.CreateColumn(column).compile(dialect=sync_conn.dialect)
+                sync_conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+
+
 def _owner_only(path: Path) -> None:
     """The SQLite file readable by its owner alone (it holds every user's key and usage), created so
     before SQLite opens it; SQLite gives its -wal and -shm files the database file's own mode."""
@@ -179,4 +202,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-__all__ = ["Database", "engine_url", "ledger", "letta_objects", "metadata", "profile_changes", "token_versions"]
+__all__ = [
+    "Database",
+    "engine_url",
+    "instances",
+    "ledger",
+    "letta_objects",
+    "metadata",
+    "profile_changes",
+    "token_versions",
+]

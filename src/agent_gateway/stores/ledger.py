@@ -1,7 +1,8 @@
 """The usage ledger: one row per admitted LLM call, the source of truth for billing (SPEC §4).
 
 A row is written `in_flight` at admission, holding the prompt estimate, and `settled` with the
-real usage at the end. The admission is committed before the call goes upstream, shared with
+real usage at the end. A row belongs to the process that admitted it: when that process has
+crashed (stores/instances.py), another one settles it as estimated. The admission is committed before the call goes upstream, shared with
 every admission that arrives meanwhile (group commit); settlements are batched every 200 ms
 and on close, so a call that ends within one interval costs two small writes at most. The upsert
 never turns a settled row back, which makes settling idempotent by row id.
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from agent_gateway.domain import Usage, month_of
 from agent_gateway.errors import DatabaseUnavailable
 from agent_gateway.stores.database import Database, ledger
+from agent_gateway.stores.instances import Instances
 from agent_gateway.stores.outbox import Outbox
 
 log = logging.getLogger("agent_gateway.ledger")
@@ -47,6 +50,7 @@ class LedgerEntry:
     finished_at: datetime | None = None
     status: int | None = None
     state: str = IN_FLIGHT
+    instance: str | None = None  # the process that admitted it (None: written before instances had ids)
 
     @property
     def month(self) -> str:
@@ -71,6 +75,7 @@ class LedgerEntry:
             "estimated": usage.estimated,
             "admitted_at": self.admitted_at,
             "finished_at": self.finished_at,
+            "instance": self.instance,
         }
 
 
@@ -92,6 +97,7 @@ def entry_from_row(row: dict[str, Any]) -> LedgerEntry:
         finished_at=datetime.fromisoformat(finished) if finished else None,
         status=row["status"],
         state=row["state"],
+        instance=row.get("instance"),
     )
 
 
@@ -100,9 +106,14 @@ class Ledger:
     them they go to the `outbox` on disk, and from there to the database when it can."""
 
     def __init__(
-        self, database: Database, outbox: Outbox | None = None, flush_interval: float = FLUSH_INTERVAL
+        self,
+        database: Database,
+        outbox: Outbox | None = None,
+        flush_interval: float = FLUSH_INTERVAL,
+        instances: Instances | None = None,
     ) -> None:
         self.database = database
+        self.instances = instances or Instances(database, heartbeat=10.0)
         self.outbox = outbox or Outbox(None)
         self._spilled = self.outbox.exists()  # rows an earlier process left there
         self.flush_interval = flush_interval
@@ -146,6 +157,7 @@ class Ledger:
 
     def admit(self, entry: LedgerEntry) -> None:
         """Record an admitted call; until settled it counts its prompt estimate."""
+        entry.instance = self.instances.id
         entry.usage = Usage(entry.usage.prompt_tokens, 0, 0, entry.usage.prompt_tokens, estimated=True)
         self._pending[entry.id] = entry
 
@@ -161,24 +173,49 @@ class Ledger:
         return True
 
     async def start(self) -> None:
+        await self.instances.beat()
         replayed = await self.flush()  # an earlier process's outbox first, then what it left in flight
         if replayed:
             log.warning("wrote rows an earlier process left in the outbox", extra={"rows": replayed})
-        await self.recover()
+        await self.recover(unowned=True)
         self._flusher = asyncio.create_task(self._flush_forever(), name="ledger-flusher")
 
-    async def recover(self) -> int:
-        """Settle, as estimated, the rows a crashed process left in flight."""
-        query = (
-            sa.update(ledger)
-            .where(ledger.c.state == IN_FLIGHT)
-            .values(state=SETTLED, estimated=True, finished_at=datetime.now(UTC))
-        )
+    async def recover(self, unowned: bool = False) -> int:
+        """Settle, as estimated, the calls in flight of processes that have crashed; with `unowned`
+        (at start) also rows an earlier version wrote without a process id."""
+        now = datetime.now(UTC)
+        owner = ledger.c.instance
         async with self.database.begin() as conn:
+            ended = await self.instances.ended(conn)
+            crashed = sa.or_(sa.and_(owner.is_not(None), owner.not_in(self.instances.alive(now))), owner.in_(ended))
+            if unowned:
+                crashed = sa.or_(owner.is_(None), crashed)
+            query = (
+                sa.update(ledger)
+                .where(ledger.c.state == IN_FLIGHT, crashed)
+                .values(state=SETTLED, estimated=True, finished_at=now)
+            )
             result = await conn.execute(query)
+            await conn.execute(self.instances.forget(now, ended))
         if result.rowcount:
-            log.warning("settled calls left in flight by an earlier process", extra={"rows": result.rowcount})
+            log.warning("settled calls left in flight by a crashed process", extra={"rows": result.rowcount})
         return int(result.rowcount)
+
+    async def keep_alive(self) -> None:
+        """Say every heartbeat that this process lives, and settle the calls of crashed ones. Only
+        after this process's own beats have gone through for a whole silence: when the database was
+        away, every other process was silent for that reason alone."""
+        heartbeat = self.instances.heartbeat
+        steady_since: float | None = time.monotonic()
+        while True:
+            await asyncio.sleep(heartbeat)
+            try:
+                await self.instances.beat()
+                steady_since = steady_since or time.monotonic()
+                if time.monotonic() - steady_since >= self.instances.silent_after.total_seconds():
+                    await self.recover()
+            except _DATABASE_ERRORS:
+                steady_since = None  # the flusher logs the outage
 
     async def admit_durably(self, entry: LedgerEntry) -> None:
         """Record an admitted call and return once its row is on disk (in the database, or in the
@@ -262,7 +299,11 @@ class Ledger:
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         try:
-            return await self._final_write()
+            left = await self._final_write()
+            if not left:  # gone for good: what it may still hold in flight is for others to settle now
+                with contextlib.suppress(*_DATABASE_ERRORS):
+                    await self.instances.leave()
+            return left
         finally:
             if self._sqlite is not None:
                 self._sqlite.close()
@@ -430,6 +471,7 @@ def _sqlite_upsert() -> str:
 _SQLITE_ORDER = (
     "id", "request_id", "user_id", "model", "route", "month", "status", "state", "prompt_tokens",
     "completion_tokens", "cached_tokens", "total_tokens", "reserved_tokens", "estimated", "admitted_at", "finished_at",
+    "instance",
 )  # fmt: skip
 assert tuple(_COLUMNS) == _SQLITE_ORDER, "the ledger's columns changed: change sqlite_values with them"
 
@@ -453,6 +495,7 @@ def _sqlite_values(entry: LedgerEntry) -> tuple[Any, ...]:
         usage.estimated,
         str(entry.admitted_at.replace(tzinfo=None)),
         str(finished.replace(tzinfo=None)) if finished is not None else None,
+        entry.instance,
     )
 
 
