@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -22,6 +24,7 @@ from agent_gateway.limits.budget import (
 )
 from agent_gateway.limits.concurrency import InFlight
 from agent_gateway.limits.rate import MemoryRateLimiter, RedisRateLimiter
+from agent_gateway.limits.redis import PAUSE_AFTER, PAUSE_SECONDS
 from tests.conftest import free_port, start_redis
 
 MONTH = "2026-12"
@@ -174,6 +177,35 @@ async def test_a_redis_restart_fails_no_call() -> None:
         assert (await budgets.reserve(request("after", 100))).admitted
     finally:
         await client.aclose()
+        server.kill()
+        server.wait()
+
+
+async def test_a_hung_redis_is_left_alone_between_tries() -> None:
+    """While Redis hangs, only a try a second waits REDIS_TIMEOUT; the other calls go to the
+    fallback at once (in `open` mode; `closed` refuses at once), and Redis is used again once it answers."""
+    port = free_port()
+    server = start_redis(port)
+    client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.05)
+    limiter = RedisRateLimiter(client, "open", prefix="t:")
+    per_minute = Rate.parse("1000/minute")
+    try:
+        assert (await limiter.hit("u", per_minute)).remaining == 999
+        server.send_signal(signal.SIGSTOP)
+        for _ in range(PAUSE_AFTER):  # each waits the timeout, then falls back
+            assert (await limiter.hit("u", per_minute)).allowed
+        started = time.monotonic()
+        fallbacks = [await limiter.hit("u", per_minute) for _ in range(20)]
+        assert time.monotonic() - started < 20 * 0.05 / 2  # not one timeout each
+        # This process's own log, which took the calls that timed out too.
+        assert [d.remaining for d in fallbacks] == list(range(999 - PAUSE_AFTER, 979 - PAUSE_AFTER, -1))
+        server.send_signal(signal.SIGCONT)
+        await asyncio.sleep(PAUSE_SECONDS)
+        # Redis' own log again: the first hit, this one, and the timed-out ones Redis ran when it woke.
+        assert 998 - PAUSE_AFTER <= (await limiter.hit("u", per_minute)).remaining <= 998
+    finally:
+        await client.aclose()
+        server.send_signal(signal.SIGCONT)
         server.kill()
         server.wait()
 

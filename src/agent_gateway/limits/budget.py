@@ -481,6 +481,8 @@ class RedisBudgets:
             await self._settle(keys=keys, args=[request.reservation_id, request.tokens, 0])
             return await self._reserve_once(request, keys, args)
 
+        if self._failures.paused():
+            return await self._degraded(request, None)
         try:
             try:
                 result = await self._reserve_once(request, keys, args)
@@ -489,6 +491,7 @@ class RedisBudgets:
             self._stale.discard((request.user_id, request.month))
         except (RedisError, OSError) as exc:
             return await self._degraded(request, exc)
+        self._failures.succeeded()
         outcome, used, reserved, retry_ms, remaining, reset_ms = (int(value) for value in result)
         return BudgetDecision(outcome, used, reserved, retry_ms / 1000, remaining, reset_ms / 1000)
 
@@ -535,11 +538,13 @@ class RedisBudgets:
             self._stale.add((request.user_id, request.month))
             self._failures.note("settle", exc)
 
-    async def _degraded(self, request: BudgetRequest, exc: Exception) -> BudgetDecision:
-        # A timed-out script may still have reserved: take that back once Redis answers again.
-        release = asyncio.create_task(self._release(request))
-        self._releases.add(release)
-        release.add_done_callback(self._releases.discard)
+    async def _degraded(self, request: BudgetRequest, exc: Exception | None) -> BudgetDecision:
+        """The fallback's decision, Redis having failed (`exc`) or been left alone (None)."""
+        if exc is not None:
+            # A timed-out script may still have reserved: take that back once Redis answers again.
+            release = asyncio.create_task(self._release(request))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
         self._failures.failed("reserve", exc)
         # Checked against the ledger, never unchecked: the fallback re-reads month totals from it.
         decision = await self.fallback.reserve(request)

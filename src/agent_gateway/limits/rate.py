@@ -105,6 +105,9 @@ class RedisRateLimiter:
     async def hit(self, key: str, rate: Rate) -> RateDecision:
         keys = [self.prefix + key]
         args: list[int | str] = [rate.limit, int(rate.period * 1000), os.urandom(8).hex()]
+        if self._failures.paused():
+            self._failures.failed("hit", None)
+            return self.fallback.hit_now(key, rate)
         try:
             allowed, remaining, reset_ms, retry_ms = await once_more_if_reset(
                 self.redis, lambda: self._script(keys=keys, args=args)
@@ -112,4 +115,5 @@ class RedisRateLimiter:
         except (RedisError, OSError) as exc:
             self._failures.failed("hit", exc)
             return self.fallback.hit_now(key, rate)
+        self._failures.succeeded()
         return RateDecision(bool(allowed), int(remaining), int(reset_ms) / 1000, int(retry_ms) / 1000)

@@ -21,6 +21,7 @@ from agent_gateway.settings import Settings
 log = logging.getLogger("agent_gateway.limits")
 FailMode = Literal["open", "closed"]
 _CONNECT_TIMEOUT = 1.0
+PAUSE_AFTER, PAUSE_SECONDS = 3, 1.0
 T = TypeVar("T")
 
 
@@ -64,20 +65,45 @@ async def once_more_if_reset(redis: Redis, call: Callable[[], Awaitable[T]]) -> 
 
 
 class RedisFailures:
-    """One limit's record of Redis failing: counted every time, logged once a minute."""
+    """One limit's record of Redis failing: counted every time, logged once a minute.
+
+    After `PAUSE_AFTER` failures in a row, Redis is left alone for `PAUSE_SECONDS` between tries
+    (a circuit breaker): while it hangs, a call goes to the fallback at once instead of each one
+    waiting `REDIS_TIMEOUT` first (100 calls at once took 250 ms at the median that way).
+    """
 
     def __init__(self, component: str, fail_mode: FailMode) -> None:
         self.component = component
         self.fail_mode = fail_mode
         self._last_warning = 0.0
+        self._streak = 0
+        self._retry_at = 0.0
 
-    def failed(self, step: str, exc: BaseException) -> None:
-        """Note the failure; in `closed` mode refuse the request (503 `limits_unavailable`)."""
+    def paused(self) -> bool:
+        """Whether to leave Redis alone for this call; after a pause one call tries it again."""
+        if self._streak < PAUSE_AFTER:
+            return False
+        now = time.monotonic()
+        if now < self._retry_at:
+            return True
+        self._retry_at = now + PAUSE_SECONDS  # this call tries; the others keep away until its verdict
+        return False
+
+    def succeeded(self) -> None:
+        self._streak = 0
+
+    def failed(self, step: str, exc: BaseException | None) -> None:
+        """Note the failure (None: Redis was paused, not tried); in `closed` mode refuse the
+        request (503 `limits_unavailable`)."""
+        if exc is not None:
+            self._streak += 1
+            if self._streak >= PAUSE_AFTER:
+                self._retry_at = time.monotonic() + PAUSE_SECONDS
         self.note(step, exc)
         if self.fail_mode == "closed":
             raise LimitsUnavailable()
 
-    def note(self, step: str, exc: BaseException) -> None:
+    def note(self, step: str, exc: BaseException | None) -> None:
         """Count and (once a minute) log a failure that refuses nothing: a settlement, after the call."""
         metrics.REDIS_FALLBACKS.labels(component=self.component, mode=self.fail_mode).inc()
         now = time.monotonic()
@@ -85,5 +111,10 @@ class RedisFailures:
             self._last_warning = now
             log.warning(
                 "redis unavailable for limits",
-                extra={"component": self.component, "step": step, "mode": self.fail_mode, "reason": type(exc).__name__},
+                extra={
+                    "component": self.component,
+                    "step": step,
+                    "mode": self.fail_mode,
+                    "reason": type(exc).__name__ if exc else "paused",
+                },
             )
