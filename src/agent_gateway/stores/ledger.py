@@ -256,8 +256,9 @@ class Ledger:
     async def flush(self) -> int:
         """Write what the outbox holds, then what is pending, in one transaction; rows written."""
         async with self._lock:
-            kept = [entry_from_row(row) for row in self.outbox.read()] if self._spilled else []
-            if not self._pending and not kept:
+            claims = self.outbox.claim() if self._spilled else []
+            kept = [entry_from_row(row) for row in self.outbox.read(claims)]
+            if not self._pending and not claims:
                 return 0
             batch, self._pending = self._pending, {}
             groups = [entries for entries in (kept, list(batch.values())) if entries]  # older states first
@@ -273,8 +274,8 @@ class Ledger:
                 batch.update(self._pending)
                 self._pending = batch
                 raise
-            if kept:
-                self.outbox.clear()
+            if claims:
+                self.outbox.done(claims)
                 self._spilled = False
             return len(kept) + len(batch)
 
@@ -289,7 +290,7 @@ class Ledger:
                 self._pending = batch
                 raise
             self._spilled = self._spilled or bool(batch)
-            return len(self.outbox.read())
+            return self.outbox.held()
 
     async def close(self) -> int:
         """The final write, retried while the database is locked or away for a moment; what it

@@ -3,12 +3,18 @@
 One JSON line per row state, appended and fsync'd before the rows leave memory. Read back as
 the last state of each row id: the ledger's upsert never turns a settled row back, so
 replaying twice, or a row the database already has, changes nothing.
+
+Processes may share the file. A replay first claims it: under the file's lock it is renamed to a
+claim of its own (`<name>.<time>-<pid>.replay`), so rows appended from then on go to a new file
+and none is removed unread; a claim is removed once its rows are in the database. A claim a
+crashed process left is replayed by the next one (replaying twice changes nothing).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +34,8 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A leading newline: a line torn by a crash stays a torn line, and this row a whole one.
         lines = b"\n" + b"".join(orjson.dumps(row) + b"\n" for row in rows)
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        descriptor = _locked(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)  # instances sharing the file append one at a time
             view = memoryview(lines)
             while view:  # a short write (a full disk) raises rather than leave half a batch unsaid
                 view = view[os.write(descriptor, view) :]
@@ -38,27 +43,69 @@ class Outbox:
         finally:
             os.close(descriptor)
 
-    def read(self) -> list[dict[str, Any]]:
-        """The last state of every row kept (a torn line, or one that is not a row, is skipped)."""
+    def claim(self) -> list[Path]:
+        """Claim what the file holds for a replay; returns every claim on disk, oldest first
+        (this one, and those of a replay that failed or a process that crashed)."""
         if self.path is None:
             return []
         try:
-            data = self.path.read_bytes()
+            descriptor = _locked(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            return []
-        rows: dict[str, dict[str, Any]] = {}
-        for line in data.splitlines():
+            pass
+        else:
             try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError:
+                os.rename(self.path, self.path.with_name(f"{self.path.name}.{time.time_ns()}-{os.getpid()}.replay"))
+            finally:
+                os.close(descriptor)
+        return sorted(self.path.parent.glob(f"{self.path.name}.*.replay"))
+
+    @staticmethod
+    def read(files: list[Path]) -> list[dict[str, Any]]:
+        """The last state of every row in `files` (a torn line, or one that is not a row, is skipped)."""
+        rows: dict[str, dict[str, Any]] = {}
+        for file in files:
+            try:
+                data = file.read_bytes()
+            except FileNotFoundError:  # replayed by another process meanwhile
                 continue
-            if isinstance(row, dict) and isinstance(row.get("id"), str):  # anything else is not a row
-                rows[row["id"]] = row
+            for line in data.splitlines():
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("id"), str):  # anything else is not a row
+                    rows[row["id"]] = row
         return list(rows.values())
 
-    def exists(self) -> bool:
-        return self.path is not None and self.path.exists()
+    def held(self) -> int:
+        """How many rows are waiting, claimed or not."""
+        if self.path is None:
+            return 0
+        return len(self.read([*sorted(self.path.parent.glob(f"{self.path.name}.*.replay")), self.path]))
 
-    def clear(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+    def exists(self) -> bool:
+        return self.path is not None and (
+            self.path.exists() or any(self.path.parent.glob(f"{self.path.name}.*.replay"))
+        )
+
+    @staticmethod
+    def done(claims: list[Path]) -> None:
+        """The claims' rows are in the database."""
+        for claim in claims:
+            claim.unlink(missing_ok=True)
+
+
+def _locked(path: Path, flags: int) -> int:
+    """A descriptor of the file at `path`, under its exclusive lock. Checked after locking: a
+    descriptor opened before a replay renamed the file would write to, or claim, that claim."""
+    while True:
+        descriptor = os.open(path, flags, 0o600)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            if os.fstat(descriptor).st_ino == os.stat(path).st_ino:
+                return descriptor
+        except FileNotFoundError:
+            if not flags & os.O_CREAT:
+                os.close(descriptor)
+                raise
+        os.close(descriptor)  # renamed meanwhile: open the file now at `path`
