@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from agent_gateway.domain import Usage
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.instances import Instances
 from agent_gateway.stores.ledger import Ledger, LedgerEntry
+from agent_gateway.stores.outbox import Outbox
 
 JANUARY = datetime(2024, 1, 31, 23, 59, 59, tzinfo=UTC)
 FEBRUARY = datetime(2024, 2, 1, 0, 0, 1, tzinfo=UTC)
@@ -171,6 +173,28 @@ async def test_a_failed_write_loses_no_row(database: Database) -> None:
     await database.start()  # the table is back
     assert await ledger.flush() == 2
     assert set(await rows(database)) == {first.id, second.id}
+
+
+async def test_a_row_the_database_refuses_is_set_aside_and_holds_back_no_other(
+    database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row the database will never take (here a NOT NULL column left empty) used to fail its
+    whole batch on every try, and every later row with it: billing stopped."""
+    outbox = Outbox(tmp_path / "outbox.jsonl")
+    ledger = Ledger(database, outbox)
+    first, broken, last = call(user_id="alice"), call(user_id="bob"), call(user_id="carol")
+    broken.route = None  # type: ignore[assignment]
+    for entry in (first, broken, last):
+        ledger.admit(entry)
+    await ledger.flush()
+    assert set(await rows(database)) == {first.id, last.id}
+    assert outbox.refused is not None and broken.id in outbox.refused.read_text()
+    assert "usage rows the database refuses were set aside" in caplog.text
+
+    later = call(user_id="dave")
+    ledger.admit(later)
+    assert await ledger.flush() == 1
+    assert later.id in await rows(database)
 
 
 async def test_recover_settles_calls_left_in_flight_as_estimated(database: Database) -> None:

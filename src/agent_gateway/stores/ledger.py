@@ -34,6 +34,8 @@ log = logging.getLogger("agent_gateway.ledger")
 FLUSH_INTERVAL = 0.2
 CLOSE_RETRY_SECONDS = 5.0  # the final write waits this long for a locked or briefly absent database
 _DATABASE_ERRORS = (sa.exc.SQLAlchemyError, sqlite3.Error, OSError, TimeoutError)
+# A row the database refuses for what it holds: retrying it would fail forever, and hold back the rest.
+_REFUSED = (sa.exc.IntegrityError, sa.exc.DataError, sqlite3.IntegrityError, sqlite3.DataError)
 IN_FLIGHT, SETTLED = "in_flight", "settled"
 
 
@@ -263,12 +265,12 @@ class Ledger:
             batch, self._pending = self._pending, {}
             groups = [entries for entries in (kept, list(batch.values())) if entries]  # older states first
             try:
-                if self._sqlite is not None:
-                    await self._sqlite.write([[_sqlite_values(entry) for entry in group] for group in groups])
-                else:
-                    async with self.database.begin() as conn:
-                        for group in groups:
-                            await conn.execute(self._upsert, [entry.row() for entry in group])
+                try:
+                    await self._write(groups)
+                except _REFUSED:
+                    # Each row on its own then, and the ones still refused set aside for an operator.
+                    refused = [entry for group in groups for entry in group if not await self._taken(entry)]
+                    self._set_aside(refused)
             except BaseException:
                 # Put the batch back under anything newer, so no row is lost to a failed write.
                 batch.update(self._pending)
@@ -278,6 +280,29 @@ class Ledger:
                 self.outbox.done(claims)
                 self._spilled = False
             return len(kept) + len(batch)
+
+    async def _write(self, groups: list[list[LedgerEntry]]) -> None:
+        if self._sqlite is not None:
+            await self._sqlite.write([[_sqlite_values(entry) for entry in group] for group in groups])
+        else:
+            async with self.database.begin() as conn:
+                for group in groups:
+                    await conn.execute(self._upsert, [entry.row() for entry in group])
+
+    async def _taken(self, entry: LedgerEntry) -> bool:
+        """Write one row; False if the database refuses it for what it holds."""
+        try:
+            await self._write([[entry]])
+        except _REFUSED:
+            return False
+        return True
+
+    def _set_aside(self, refused: list[LedgerEntry]) -> None:
+        self.outbox.set_aside([entry.row() for entry in refused])
+        log.error(
+            "usage rows the database refuses were set aside",
+            extra={"rows": len(refused), "ids": [entry.id for entry in refused][:20], "file": str(self.outbox.refused)},
+        )
 
     async def _spill(self) -> int:
         """Move what is pending to the outbox; how many rows it then holds."""

@@ -26,22 +26,17 @@ class Outbox:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        # Rows the database refused for what they hold (not replayed: an operator looks at them).
+        self.refused = path.with_name(path.name + ".refused") if path is not None else None
 
     def spill(self, rows: list[dict[str, Any]]) -> None:
         """Append `rows` (each with an `id`) and return once they are on disk."""
-        if not rows or self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A leading newline: a line torn by a crash stays a torn line, and this row a whole one.
-        lines = b"\n" + b"".join(orjson.dumps(row) + b"\n" for row in rows)
-        descriptor = _locked(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        try:
-            view = memoryview(lines)
-            while view:  # a short write (a full disk) raises rather than leave half a batch unsaid
-                view = view[os.write(descriptor, view) :]
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        if self.path is not None:
+            _append(self.path, rows)
+
+    def set_aside(self, rows: list[dict[str, Any]]) -> None:
+        if self.refused is not None:
+            _append(self.refused, rows)
 
     def claim(self) -> list[Path]:
         """Claim what the file holds for a replay; returns every claim on disk, oldest first
@@ -93,6 +88,22 @@ class Outbox:
         """The claims' rows are in the database."""
         for claim in claims:
             claim.unlink(missing_ok=True)
+
+
+def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A leading newline: a line torn by a crash stays a torn line, and this row a whole one.
+    lines = b"\n" + b"".join(orjson.dumps(row, default=str) + b"\n" for row in rows)
+    descriptor = _locked(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        view = memoryview(lines)
+        while view:  # a short write (a full disk) raises rather than leave half a batch unsaid
+            view = view[os.write(descriptor, view) :]
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _locked(path: Path, flags: int) -> int:
