@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from agent_gateway.domain import Usage
+from agent_gateway.domain import Usage, month_of
 from agent_gateway.stores.database import Database
 from agent_gateway.stores.instances import Instances
 from agent_gateway.stores.ledger import Ledger, LedgerEntry
@@ -361,6 +361,13 @@ async def test_month_totals_per_user_and_month(database: Database) -> None:
     assert [(t["user_id"], t["total_tokens"]) for t in await ledger.month_totals("2024-02")] == [("alice", 1001)]
     assert await ledger.month_totals("2023-12") == []
     assert await ledger.month_totals("2024-01", "carol") == []
+
+
+def test_the_month_is_the_utc_month() -> None:
+    paris = timezone(timedelta(hours=1))
+    assert [month_of(moment) for moment in (JANUARY, FEBRUARY)] == ["2024-01", "2024-02"]
+    assert month_of(datetime(2024, 2, 1, 0, 30, tzinfo=paris)) == "2024-01"  # 23:30 UTC on January 31
+    assert month_of(datetime(999, 12, 31, 23, 0, tzinfo=UTC)) == "0999-12"
 
 
 async def test_a_call_is_charged_to_the_month_it_was_admitted_in(database: Database) -> None:
