@@ -193,6 +193,8 @@ def build_gateway(settings: Settings) -> Gateway:
         if redis
         else MemoryBudgets(ledger.month_used)
     )
+    if isinstance(budgets, RedisBudgets):
+        ledger.on_dead = budgets.reclaim  # a crashed instance found by the ledger frees its reservations too
     in_flight = InFlight(settings.max_concurrent_per_user)
     state = LimitState(profiles, budgets, in_flight, platform.breakers)
     streams = StreamRegistry()

@@ -114,3 +114,34 @@ def test_an_instance_taken_for_dead_bills_its_calls_once(gateway_factory: Any, r
     refused = httpx.post(f"{survivor.agent_base(user_id)}/chat/completions", headers=headers, json=too_big)
     assert refused.status_code == 429
     assert f"{10_000 - billed} are left this month" in refused.json()["error"]["message"]
+
+
+def test_a_gateway_restarted_after_a_crash_frees_what_it_held_at_once(gateway_factory: Any, redis_url: str) -> None:
+    """Restarted on the same machine, the gateway knows its predecessor is dead (its pid runs no
+    more): it settles its calls and frees its Redis reservations as it starts, not three
+    heartbeats (here 30 s) later."""
+    crashed = gateway_factory(REDIS_URL=redis_url, LLM_TIMEOUT="600")
+    user_id = new_user()
+    run(add_profile(crashed.database_url, user_id, monthly_limit=5000))
+    headers = {"Authorization": f"Bearer {SECRET}"}
+
+    async def hold_two_reservations() -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            endpoint = f"{crashed.agent_base(user_id)}/chat/completions"
+            calls = [asyncio.create_task(http.post(endpoint, headers=headers, json=HANG)) for _ in range(2)]
+            await asyncio.sleep(1.0)  # both admitted, waiting on the upstream that never answers
+            assert crashed.process is not None
+            crashed.process.send_signal(signal.SIGKILL)
+            await asyncio.gather(*calls, return_exceptions=True)
+
+    run(hold_two_reservations())
+    assert crashed.process is not None and crashed.process.wait(10) == -signal.SIGKILL
+    restarted = gateway_factory(REDIS_URL=redis_url, DATABASE_URL=crashed.database_url)
+    answer = httpx.post(f"{restarted.agent_base(user_id)}/chat/completions", headers=headers, json=CHAT)
+    assert answer.status_code == 200  # 4,000 held by the dead calls would leave no room for 2,000
+    assert "freed reservations of a dead instance" in restarted.logs()
+    with sqlite3.connect(crashed.database_url.removeprefix("sqlite:///")) as db:
+        states = db.execute(
+            "SELECT state, estimated FROM usage_ledger WHERE user_id = ? AND model = 'hang'", (user_id,)
+        )
+        assert states.fetchall() == [("settled", 1), ("settled", 1)]

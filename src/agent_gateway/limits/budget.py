@@ -447,18 +447,24 @@ class RedisBudgets:
                 for member in await self.redis.smembers(instances):
                     other = member.decode() if isinstance(member, bytes) else str(member)
                     if not await self.redis.exists(self._instance_key(other, "alive")):
-                        freed = await self._reclaim(
-                            keys=[self._instance_key(other, "held")], args=[self.prefix, int(self.ttl * 1000)]
-                        )
-                        await self.redis.srem(instances, other)
-                        if freed:
-                            log.warning(
-                                "freed reservations of a dead instance",
-                                extra={"instance": other, "reservations": freed},
-                            )
+                        await self.reclaim([other])
             except (RedisError, OSError):
                 pass  # Redis is away: admissions note it; the next beat tries again
             await asyncio.sleep(interval)
+
+    async def reclaim(self, dead: list[str]) -> None:
+        """Free the reservations of instances known to be dead (here silent; or, from the ledger,
+        no longer running on this machine)."""
+        for other in dead:
+            try:
+                freed = await self._reclaim(
+                    keys=[self._instance_key(other, "held")], args=[self.prefix, int(self.ttl * 1000)]
+                )
+                await self.redis.srem(f"{self.prefix}instances", other)
+            except (RedisError, OSError):
+                return  # Redis is away: the next heartbeat tries again
+            if freed:
+                log.warning("freed reservations of a dead instance", extra={"instance": other, "reservations": freed})
 
     async def reserve(self, request: BudgetRequest) -> BudgetDecision:
         args: list[int | str] = [

@@ -50,6 +50,10 @@ class Instances:
         """The ids of the processes heard from lately."""
         return sa.select(instances.c.id).where(instances.c.seen_at >= now - self.silent_after)
 
+    def silent(self, now: datetime) -> sa.Select[Any]:
+        """The ids of the processes silent for too long."""
+        return sa.select(instances.c.id).where(instances.c.seen_at < now - self.silent_after)
+
     def forget(self, now: datetime, ended: list[str]) -> sa.Delete:
         return sa.delete(instances).where(
             sa.or_(instances.c.seen_at < now - self.silent_after, instances.c.id.in_(ended))

@@ -16,7 +16,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -126,6 +126,8 @@ class Ledger:
         # The embedded default's writes go straight to sqlite3 (see _SqliteWriter).
         self._sqlite = _SqliteWriter(database.engine.url.database or "") if database.dialect == "sqlite" else None
         self.reachable = True  # as last seen: an outage is logged when it begins and when it ends
+        # Told the ids of the instances found dead, to free what else they held (Redis reservations).
+        self.on_dead: Callable[[list[str]], Awaitable[None]] | None = None
         self._wake = asyncio.Event()
         self._group: asyncio.Future[None] | None = None  # what the admissions waiting for the next commit await
 
@@ -189,6 +191,7 @@ class Ledger:
         owner = ledger.c.instance
         async with self.database.begin() as conn:
             ended = await self.instances.ended(conn)
+            dead = [*ended, *(await conn.execute(self.instances.silent(now))).scalars()]
             crashed = sa.or_(sa.and_(owner.is_not(None), owner.not_in(self.instances.alive(now))), owner.in_(ended))
             if unowned:
                 crashed = sa.or_(owner.is_(None), crashed)
@@ -201,6 +204,8 @@ class Ledger:
             await conn.execute(self.instances.forget(now, ended))
         if result.rowcount:
             log.warning("settled calls left in flight by a crashed process", extra={"rows": result.rowcount})
+        if dead and self.on_dead is not None:
+            await self.on_dead(dead)
         return int(result.rowcount)
 
     async def keep_alive(self) -> None:
