@@ -214,10 +214,10 @@ class MemoryBudgets:
 # Each held amount is a zset (member `id:tokens`, score = when it stops counting) plus a running
 # total beside it, so an admission costs O(1) plus what expired since the last one.
 # KEYS: month used, month reservations, its total, token window, its total, this instance's
-# reservations, the request log, the call's abandoned mark, its reclaimed mark (for _SETTLE). ARGV: tokens, id, monthly limit (-1 = none), reservation ttl ms,
-# month total from the ledger ('' = not loaded), token limit (-1 = none), window ms, '1' to
-# replace the month total with the ledger's, the call's estimate, request limit (-1 = none),
-# request window ms. Returns {outcome, used, reserved, retry ms, requests left, request reset ms}.
+# reservations, the request log, the call's abandoned mark, its reclaimed mark (for _SETTLE).
+# ARGV: tokens, id, monthly limit (-1 = none), reservation ttl ms, month total from the ledger
+# ('' = not loaded), token limit (-1 = none), window ms, '1' to replace the month total with the
+# ledger's, the call's estimate, request limit (-1 = none), request window ms. Returns {outcome, used, reserved, retry ms, requests left, request reset ms}.
 # The request log is `rate.py`'s sliding log, here so that one admission is one round trip.
 _RESERVE = """
 local t = redis.call('TIME')

@@ -1,11 +1,12 @@
 """The usage ledger: one row per admitted LLM call, the source of truth for billing (SPEC §4).
 
 A row is written `in_flight` at admission, holding the prompt estimate, and `settled` with the
-real usage at the end. A row belongs to the process that admitted it: when that process has
-crashed (stores/instances.py), another one settles it as estimated. The admission is committed before the call goes upstream, shared with
+real usage at the end. The admission is committed before the call goes upstream, shared with
 every admission that arrives meanwhile (group commit); settlements are batched every 200 ms
 and on close, so a call that ends within one interval costs two small writes at most. The upsert
-never turns a settled row back, which makes settling idempotent by row id.
+never turns a settled row back, which makes settling idempotent by row id. A row belongs to the
+process that admitted it: when that process has crashed (stores/instances.py), another one
+settles it as estimated.
 """
 
 from __future__ import annotations
