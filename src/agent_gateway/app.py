@@ -248,11 +248,9 @@ def build_gateway(settings: Settings) -> Gateway:
     ops = build_ops_app(health, ledger, settings.admin_api_key, paths, users, prices, status, sessions)
 
     async def start() -> None:
-        # With Redis, a heartbeat there too, which frees the Redis reservations of dead instances.
-        heartbeat = (
-            [budgets.keep_alive(settings.instance_heartbeat_seconds)] if isinstance(budgets, RedisBudgets) else []
+        await platform.start_serving(
+            profiles, versions, [budgets.keep_fresh()] if isinstance(budgets, RedisBudgets) else []
         )
-        await platform.start_serving(profiles, versions, heartbeat)
 
     gateway = Gateway(
         agent_routes=agent_routes,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
+import time
 from typing import Any
 
 import httpx
@@ -55,4 +57,41 @@ def test_a_redis_restart_keeps_the_reservations_of_calls_in_flight(gateway_facto
     finally:
         if server.poll() is None:
             server.kill()
+        server.wait()
+
+
+def test_a_month_spent_while_redis_was_away_is_reloaded_by_every_instance(
+    gateway_factory: Any, postgres_url: str
+) -> None:
+    """`open` mode, Redis stopped: instance A admits through the shared ledger check. Redis comes
+    back: instance B, which saw nothing of the outage, must not trust Redis' month total, which
+    never saw A's calls (before: B admitted the month again, 16,000 of 10,000 billed)."""
+    port = free_port()
+    server = start_redis(port)
+    env = {"REDIS_URL": f"redis://127.0.0.1:{port}/0", "DATABASE_URL": postgres_url, "LIMITS_FAIL_MODE": "open"}
+    try:
+        first, second = gateway_factory(**env), gateway_factory(**env)
+        user_id = new_user()
+        run(add_profile(postgres_url, user_id, monthly_limit=10_000))
+        headers = {"Authorization": f"Bearer {SECRET}"}
+        body = orjson.dumps({"model": "tokens-1000", "max_tokens": 990, "messages": [{"role": "user", "content": "x"}]})
+
+        async def calls(gateway: Any, count: int) -> list[int]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                url = f"{gateway.agent_base(user_id)}/chat/completions"
+                return [(await client.post(url, headers=headers, content=body)).status_code for _ in range(count)]
+
+        assert run(calls(second, 2)) == [200, 200]  # the month is in Redis now: 2,000
+        server.send_signal(signal.SIGSTOP)
+        during = run(calls(first, 12))
+        server.send_signal(signal.SIGCONT)
+        time.sleep(1.5)  # A drops the month's total in Redis within half a second of Redis answering
+        after = run(calls(second, 12))
+        # A reservation is ~1,000 of 10,000: 2 before, then 7 or 8 more in all, however split.
+        admitted = 2 + during.count(200) + after.count(200)
+        assert 9 <= admitted <= 10 and during.count(200) >= 7
+        assert after.count(200) <= 1
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.kill()
         server.wait()

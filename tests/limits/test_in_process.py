@@ -210,6 +210,32 @@ async def test_a_hung_redis_is_left_alone_between_tries() -> None:
         server.wait()
 
 
+async def test_a_month_reloaded_from_the_ledger_holds_what_the_ledger_holds(redis_client: redis.asyncio.Redis) -> None:
+    """A reload takes the month's reservations from the ledger's calls in flight, not only its total:
+    a reservation whose settlement Redis missed (it was away) held budget for ~11 minutes, on
+    top of the usage the ledger's total already counted."""
+    settled: dict[str, int] = {"total": 400}
+    in_flight: list[tuple[str, int]] = []
+
+    async def ledger_total(_user: str, _month: str) -> int:
+        return settled["total"]
+
+    async def ledger_in_flight(_user: str, _month: str) -> list[tuple[str, int]]:
+        return in_flight
+
+    prefix = f"t:{uuid.uuid4().hex}:"
+    budgets = RedisBudgets(
+        redis_client, ledger_total, ttl=60, fail_mode="closed", prefix=prefix, in_flight=ledger_in_flight
+    )
+    assert (await budgets.reserve(request("a", 300))).admitted
+    assert (await budgets.reserve(request("b", 200))).admitted
+    # `a` ends with 250 tokens; the ledger has it, Redis missed the settlement. `b` is in flight.
+    settled["total"], in_flight[:] = 650, [("b", 200)]
+    await redis_client.delete(f"{prefix}u:{MONTH}:used")  # what an instance back from the outage does
+    assert (await budgets.reserve(request("c", 100))).admitted
+    assert await budgets.month_held("u", MONTH) == 650 + 200 + 100
+
+
 async def test_a_reservation_undone_and_made_again_counts_once(redis_client: redis.asyncio.Redis) -> None:
     """What a retry after a lost reply does (the script may have run): undo, then reserve again."""
     budgets = RedisBudgets(redis_client, used, ttl=60, fail_mode="closed", prefix=f"t:{uuid.uuid4().hex}:")

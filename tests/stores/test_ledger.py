@@ -267,6 +267,20 @@ async def test_recovery_leaves_the_calls_of_live_processes_alone(database: Datab
     await starting.close()
 
 
+async def test_each_process_is_judged_by_its_own_heartbeat(database: Database) -> None:
+    """A process beating every 10 s is not dead to one beating every 50 ms after 0.3 s of silence."""
+    slow = Ledger(database, instances=Instances(database, heartbeat=10.0))
+    await slow.instances.beat()
+    entry = call()
+    slow.admit(entry)
+    await slow.flush()
+    quick = Ledger(database, instances=Instances(database, heartbeat=0.05))
+    await quick.instances.beat()
+    await asyncio.sleep(0.3)
+    assert await quick.recover(unowned=True) == 0
+    assert (await row(database, entry))["state"] == "in_flight"
+
+
 async def test_a_live_process_settles_the_calls_of_a_crashed_one(database: Database) -> None:
     crashed = Ledger(database, instances=Instances(database, heartbeat=0.05))
     await crashed.instances.beat()

@@ -263,13 +263,14 @@ if monthly >= 0 then
   if ARGV[8] == '1' or not current then
     redis.call('SET', KEYS[1], ARGV[5], 'EX', 3456000)  -- 40 days: a month and its stragglers
     current = ARGV[5]
-    -- The ledger's calls in flight (ARGV[12..], id then tokens) hold their reservations again:
-    -- Redis lost them with the month; their settlements remove them as usual.
+    -- The reservations are the ledger's calls in flight (ARGV[12..], id then tokens), no more:
+    -- Redis lost them with the month, or kept some whose settlement it missed (it was away),
+    -- and those the ledger's total counts already.
     local ttl = tonumber(ARGV[4])
+    redis.call('DEL', KEYS[2], KEYS[3])
     for i = 12, #ARGV, 2 do
-      if redis.call('ZADD', KEYS[2], 'NX', now + ttl, ARGV[i] .. ':' .. ARGV[i + 1]) == 1 then
-        redis.call('INCRBY', KEYS[3], ARGV[i + 1])
-      end
+      redis.call('ZADD', KEYS[2], now + ttl, ARGV[i] .. ':' .. ARGV[i + 1])
+      redis.call('INCRBY', KEYS[3], ARGV[i + 1])
     end
     if #ARGV >= 12 then
       redis.call('PEXPIRE', KEYS[2], ttl)
@@ -436,33 +437,30 @@ class RedisBudgets:
     def _instance_key(self, instance: str, what: str) -> str:
         return f"{self.prefix}instance:{instance}:{what}"
 
-    async def keep_alive(self, interval: float) -> None:
-        """Say every `interval` that this instance lives; free the reservations of any instance
-        silent for three intervals (it crashed: nothing else would free them before they expire)."""
-        instances = f"{self.prefix}instances"
+    async def keep_fresh(self, interval: float = 0.5) -> None:
+        """Make every instance reload, from the ledger, the months this one changed while Redis
+        was away (the calls its fallback admitted, the settlements Redis missed): their totals in
+        Redis are stale, and the other instances would trust them."""
         while True:
-            try:
-                await self.redis.set(self._instance_key(self.instance, "alive"), 1, px=int(interval * 3000))
-                await self.redis.sadd(instances, self.instance)
-                for member in await self.redis.smembers(instances):
-                    other = member.decode() if isinstance(member, bytes) else str(member)
-                    if not await self.redis.exists(self._instance_key(other, "alive")):
-                        await self.reclaim([other])
-            except (RedisError, OSError):
-                pass  # Redis is away: admissions note it; the next beat tries again
             await asyncio.sleep(interval)
+            for user_id, month in list(self._stale):
+                self._stale.discard((user_id, month))  # marked again meanwhile: done again next round
+                try:
+                    await self.redis.delete(f"{self.prefix}{user_id}:{month}:used")  # the next admission reloads
+                except (RedisError, OSError):
+                    self._stale.add((user_id, month))
+                    break  # still away: the next round tries again
 
     async def reclaim(self, dead: list[str]) -> None:
-        """Free the reservations of instances known to be dead (here silent; or, from the ledger,
-        no longer running on this machine)."""
+        """Free the reservations of instances the ledger found dead (stores/instances.py: by their
+        heartbeats in the database, not in Redis, which a partition can silence alone)."""
         for other in dead:
             try:
                 freed = await self._reclaim(
                     keys=[self._instance_key(other, "held")], args=[self.prefix, int(self.ttl * 1000)]
                 )
-                await self.redis.srem(f"{self.prefix}instances", other)
             except (RedisError, OSError):
-                return  # Redis is away: the next heartbeat tries again
+                return  # Redis is away: the reservations expire on their own
             if freed:
                 log.warning("freed reservations of a dead instance", extra={"instance": other, "reservations": freed})
 

@@ -21,7 +21,7 @@ from agent_gateway.settings import Settings
 log = logging.getLogger("agent_gateway.limits")
 FailMode = Literal["open", "closed"]
 _CONNECT_TIMEOUT = 1.0
-PAUSE_AFTER, PAUSE_SECONDS = 3, 1.0
+PAUSE_AFTER, PAUSE_SECONDS = 5, 1.0
 T = TypeVar("T")
 
 
@@ -67,9 +67,11 @@ async def once_more_if_reset(redis: Redis, call: Callable[[], Awaitable[T]]) -> 
 class RedisFailures:
     """One limit's record of Redis failing: counted every time, logged once a minute.
 
-    After `PAUSE_AFTER` failures in a row, Redis is left alone for `PAUSE_SECONDS` between tries
-    (a circuit breaker): while it hangs, a call goes to the fallback at once instead of each one
-    waiting `REDIS_TIMEOUT` first (100 calls at once took 250 ms at the median that way).
+    In `open` mode, after `PAUSE_AFTER` failures in a row, Redis is left alone for `PAUSE_SECONDS`
+    between tries (a circuit breaker): while it hangs, a call goes to the fallback at once instead
+    of each one waiting `REDIS_TIMEOUT` first (100 calls at once took 250 ms at the median that
+    way). Not in `closed` mode: there a pause refuses everyone, and timeouts in a row also come
+    from a busy event loop (a burst), not only from Redis.
     """
 
     def __init__(self, component: str, fail_mode: FailMode) -> None:
@@ -81,7 +83,7 @@ class RedisFailures:
 
     def paused(self) -> bool:
         """Whether to leave Redis alone for this call; after a pause one call tries it again."""
-        if self._streak < PAUSE_AFTER:
+        if self._streak < PAUSE_AFTER or self.fail_mode == "closed":
             return False
         now = time.monotonic()
         if now < self._retry_at:

@@ -51,6 +51,7 @@ instances = sa.Table(
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat", sa.Float, nullable=False),  # seconds between its beats: its own silence is three
     sa.Column("process", sa.String(128)),  # boot id/PID namespace/pid: see stores/instances.py
 )
 

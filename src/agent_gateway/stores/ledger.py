@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -185,43 +186,40 @@ class Ledger:
         await self.recover(unowned=True)
         self._flusher = asyncio.create_task(self._flush_forever(), name="ledger-flusher")
 
-    async def recover(self, unowned: bool = False) -> int:
-        """Settle, as estimated, the calls in flight of processes that have crashed; with `unowned`
-        (at start) also rows an earlier version wrote without a process id."""
-        now = datetime.now(UTC)
+    async def recover(self, unowned: bool = False, steady_for: float = math.inf) -> int:
+        """Settle, as estimated, the calls in flight of processes that have crashed (and free
+        what else they held); with `unowned` (at start) also rows an earlier version wrote
+        without a process id. `steady_for`: how long this process's own beats have gone through."""
         owner = ledger.c.instance
         async with self.database.begin() as conn:
-            ended = await self.instances.ended(conn)
-            dead = [*ended, *(await conn.execute(self.instances.silent(now))).scalars()]
-            crashed = sa.or_(sa.and_(owner.is_not(None), owner.not_in(self.instances.alive(now))), owner.in_(ended))
+            dead = await self.instances.dead(conn, steady_for)
+            # Rows of a process not in the table at all: one found dead and forgotten, whose rows
+            # came back from an outbox.
+            crashed = sa.or_(owner.in_(dead.ids), sa.and_(owner.is_not(None), owner.not_in(self.instances.known())))
             if unowned:
                 crashed = sa.or_(owner.is_(None), crashed)
             query = (
                 sa.update(ledger)
                 .where(ledger.c.state == IN_FLIGHT, crashed)
-                .values(state=SETTLED, estimated=True, finished_at=now)
+                .values(state=SETTLED, estimated=True, finished_at=datetime.now(UTC))
             )
             result = await conn.execute(query)
-            await conn.execute(self.instances.forget(now, ended))
+            await conn.execute(self.instances.forget(dead.ids))
         if result.rowcount:
             log.warning("settled calls left in flight by a crashed process", extra={"rows": result.rowcount})
-        if dead and self.on_dead is not None:
-            await self.on_dead(dead)
+        if dead.ids and self.on_dead is not None:
+            await self.on_dead(dead.ids)
         return int(result.rowcount)
 
     async def keep_alive(self) -> None:
-        """Say every heartbeat that this process lives, and settle the calls of crashed ones. Only
-        after this process's own beats have gone through for a whole silence: when the database was
-        away, every other process was silent for that reason alone."""
-        heartbeat = self.instances.heartbeat
+        """Say every heartbeat that this process lives, and settle the calls of crashed ones."""
         steady_since: float | None = time.monotonic()
         while True:
-            await asyncio.sleep(heartbeat)
+            await asyncio.sleep(self.instances.heartbeat)
             try:
                 await self.instances.beat()
                 steady_since = steady_since or time.monotonic()
-                if time.monotonic() - steady_since >= self.instances.silent_after.total_seconds():
-                    await self.recover()
+                await self.recover(steady_for=time.monotonic() - steady_since)
             except _DATABASE_ERRORS:
                 steady_since = None  # the flusher logs the outage
 
