@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,6 +29,7 @@ from agent_gateway.stores.database import Database
 from agent_gateway.stores.key_cipher import KeyCipher
 from agent_gateway.stores.profiles import ProfileStore
 from tests.fakes.litellm import FakeLiteLLM
+from tests.forkserver import ForkedProcess, ForkServer
 
 SECRET = "test-agent-secret-7f3a9c"
 TOKEN_KEY = "test-agent-token-key-51c0e8"  # derives the per-user agent tokens: not the agent secret
@@ -38,6 +38,9 @@ SEALED = KeyCipher((SEAL_KEY.encode(),))  # how the test gateways store keys
 USER_KEY_PREFIX = "sk-user-key-"
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+FORKS = ForkServer()  # this test process's gateways are forked from it (see tests/forkserver.py)
 
 
 def free_port() -> int:
@@ -51,7 +54,7 @@ class GatewayProcess:
     env: dict[str, str]
     workdir: Path
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: ForkedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -67,14 +70,7 @@ class GatewayProcess:
 
     def start(self) -> GatewayProcess:
         env = {**os.environ, **self.env, "HOST": "127.0.0.1", "PORT": str(self.port)}
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent_gateway", "serve"],
-            cwd=self.workdir,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self.process = FORKS.spawn(env, self.workdir, self.log_path)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -83,16 +79,14 @@ class GatewayProcess:
                 if httpx.get(f"{self.url}/ping", timeout=0.5).status_code == 200:
                     return self
             except httpx.HTTPError:
-                time.sleep(0.1)
+                time.sleep(0.02)
         raise RuntimeError("gateway did not start in 30 s")
 
     def terminate(self, timeout: float = 30) -> int:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self._log.close()
-        return code
+        return self.process.wait(timeout)
 
     def logs(self) -> str:
         return self.log_path.read_text()
@@ -207,6 +201,13 @@ def start_redis(port: int) -> subprocess.Popen[bytes]:
 
 def new_user() -> str:
     return f"u-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_server() -> Iterator[None]:
+    """Last to go: the gateways are stopped by then."""
+    yield
+    FORKS.close()
 
 
 @pytest.fixture(scope="session")
