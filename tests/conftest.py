@@ -127,22 +127,31 @@ async def ledger_rows(database_url: str, user_id: str) -> list[dict[str, Any]]:
     database = Database(database_url)
     try:
         await database.start()
-        async with database.connect() as conn:
-            result = await conn.execute(sa.text("SELECT * FROM usage_ledger WHERE user_id = :u"), {"u": user_id})
-            return [dict(row) for row in result.mappings().all()]
+        return await _ledger_rows(database, user_id)
     finally:
         await database.close()
+
+
+async def _ledger_rows(database: Database, user_id: str) -> list[dict[str, Any]]:
+    async with database.connect() as conn:
+        result = await conn.execute(sa.text("SELECT * FROM usage_ledger WHERE user_id = :u"), {"u": user_id})
+        return [dict(row) for row in result.mappings().all()]
 
 
 async def wait_for_rows(database_url: str, user_id: str, count: int, timeout: float = 10) -> list[dict[str, Any]]:
     """The ledger writes in batches (every 200 ms); wait until `count` settled rows are there."""
     deadline = time.monotonic() + timeout
-    while True:
-        rows = await ledger_rows(database_url, user_id)
-        settled = [row for row in rows if row["state"] == "settled"]
-        if len(settled) >= count or time.monotonic() > deadline:
-            return rows
-        await asyncio.sleep(0.1)
+    database = Database(database_url)  # one for every look: opening one costs more than the query
+    try:
+        await database.start()
+        while True:
+            rows = await _ledger_rows(database, user_id)
+            settled = [row for row in rows if row["state"] == "settled"]
+            if len(settled) >= count or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.05)
+    finally:
+        await database.close()
 
 
 def settings_variables() -> set[str]:
