@@ -30,6 +30,9 @@ from dotenv import dotenv_values
 from agent_gateway.settings import load_settings
 from tests.conftest import free_port, settings_variables
 
+# One worker: the image venv is locked while in use, so a second worker would wait for it.
+pytestmark = pytest.mark.xdist_group("deployment")
+
 ROOT = Path(__file__).parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 # The .env an operator starts from: docs/deployment.md says to copy .env.example and set the secrets.
