@@ -150,7 +150,7 @@ async def wait_for_rows(database_url: str, user_id: str, count: int, timeout: fl
             settled = [row for row in rows if row["state"] == "settled"]
             if len(settled) >= count or time.monotonic() > deadline:
                 return rows
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
     finally:
         await database.close()
 
@@ -218,6 +218,11 @@ def start_redis(port: int) -> subprocess.Popen[bytes]:
 
 def new_user() -> str:
     return f"u-{uuid.uuid4().hex[:12]}"
+
+
+def pytest_collection(session: pytest.Session) -> None:
+    if not session.config.pluginmanager.hasplugin("dsession"):  # not the xdist controller: it runs no test
+        FORKS.start()  # its imports (~0.8 s) overlap the collection
 
 
 @pytest.fixture(scope="session", autouse=True)

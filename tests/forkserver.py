@@ -105,12 +105,21 @@ class ForkServer:
     _process: subprocess.Popen[str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)  # tests stop gateways from threads too
 
+    def start(self) -> None:
+        """Without waiting for its imports: they go on while the caller does other work."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            self._process = subprocess.Popen(
+                [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+
     def _ask(self, **request: Any) -> dict[str, Any]:
         with self._lock:
-            if self._process is None or self._process.poll() is not None:
-                self._process = subprocess.Popen(
-                    [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-                )
+            self._start()
+            assert self._process is not None
             assert self._process.stdin is not None and self._process.stdout is not None
             self._process.stdin.write(json.dumps(request) + "\n")
             self._process.stdin.flush()
