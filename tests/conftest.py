@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,6 +29,7 @@ from agent_gateway.stores.database import Database
 from agent_gateway.stores.key_cipher import KeyCipher
 from agent_gateway.stores.profiles import ProfileStore
 from tests.fakes.litellm import FakeLiteLLM
+from tests.forkserver import ForkedProcess, ForkServer
 
 SECRET = "test-agent-secret-7f3a9c"
 TOKEN_KEY = "test-agent-token-key-51c0e8"  # derives the per-user agent tokens: not the agent secret
@@ -38,6 +38,9 @@ SEALED = KeyCipher((SEAL_KEY.encode(),))  # how the test gateways store keys
 USER_KEY_PREFIX = "sk-user-key-"
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+FORKS = ForkServer()  # this test process's gateways are forked from it (see tests/forkserver.py)
 
 
 def free_port() -> int:
@@ -51,7 +54,8 @@ class GatewayProcess:
     env: dict[str, str]
     workdir: Path
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: ForkedProcess | None = None
+    stopping: bool = False
 
     @property
     def url(self) -> str:
@@ -67,32 +71,30 @@ class GatewayProcess:
 
     def start(self) -> GatewayProcess:
         env = {**os.environ, **self.env, "HOST": "127.0.0.1", "PORT": str(self.port)}
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent_gateway", "serve"],
-            cwd=self.workdir,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self.process = FORKS.spawn(env, self.workdir, self.log_path)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/ping", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        with httpx.Client(timeout=0.5) as client:  # one: making a client takes longer than a try
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
+                try:
+                    if client.get(f"{self.url}/ping").status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    time.sleep(0.01)
         raise RuntimeError("gateway did not start in 30 s")
 
-    def terminate(self, timeout: float = 30) -> int:
+    def stop(self) -> None:
+        """SIGTERM (once), without waiting for the drain."""
         assert self.process is not None
-        if self.process.poll() is None:
+        if not self.stopping and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self._log.close()
-        return code
+        self.stopping = True
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.stop()
+        assert self.process is not None
+        return self.process.wait(timeout)
 
     def logs(self) -> str:
         return self.log_path.read_text()
@@ -126,22 +128,31 @@ async def ledger_rows(database_url: str, user_id: str) -> list[dict[str, Any]]:
     database = Database(database_url)
     try:
         await database.start()
-        async with database.connect() as conn:
-            result = await conn.execute(sa.text("SELECT * FROM usage_ledger WHERE user_id = :u"), {"u": user_id})
-            return [dict(row) for row in result.mappings().all()]
+        return await _ledger_rows(database, user_id)
     finally:
         await database.close()
+
+
+async def _ledger_rows(database: Database, user_id: str) -> list[dict[str, Any]]:
+    async with database.connect() as conn:
+        result = await conn.execute(sa.text("SELECT * FROM usage_ledger WHERE user_id = :u"), {"u": user_id})
+        return [dict(row) for row in result.mappings().all()]
 
 
 async def wait_for_rows(database_url: str, user_id: str, count: int, timeout: float = 10) -> list[dict[str, Any]]:
     """The ledger writes in batches (every 200 ms); wait until `count` settled rows are there."""
     deadline = time.monotonic() + timeout
-    while True:
-        rows = await ledger_rows(database_url, user_id)
-        settled = [row for row in rows if row["state"] == "settled"]
-        if len(settled) >= count or time.monotonic() > deadline:
-            return rows
-        await asyncio.sleep(0.1)
+    database = Database(database_url)  # one for every look: opening one costs more than the query
+    try:
+        await database.start()
+        while True:
+            rows = await _ledger_rows(database, user_id)
+            settled = [row for row in rows if row["state"] == "settled"]
+            if len(settled) >= count or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.02)
+    finally:
+        await database.close()
 
 
 def settings_variables() -> set[str]:
@@ -209,6 +220,18 @@ def new_user() -> str:
     return f"u-{uuid.uuid4().hex[:12]}"
 
 
+def pytest_collection(session: pytest.Session) -> None:
+    if not session.config.pluginmanager.hasplugin("dsession"):  # not the xdist controller: it runs no test
+        FORKS.start()  # its imports (~0.8 s) overlap the collection
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_server() -> Iterator[None]:
+    """Last to go: the gateways are stopped by then."""
+    yield
+    FORKS.close()
+
+
 @pytest.fixture(scope="session")
 def litellm() -> Iterator[FakeLiteLLM]:
     fake = FakeLiteLLM().start()
@@ -247,7 +270,8 @@ def launch_gateway(
 
 @pytest.fixture
 def gateway_factory(launch_gateway: Callable[..., GatewayProcess]) -> Iterator[Callable[..., GatewayProcess]]:
-    """Starts gateways for one test, stopped when it ends (so no idle process competes for the CPU)."""
+    """Starts gateways for one test, stopped when it ends (so no idle process competes for the CPU).
+    Their exits are awaited at the session's end: a drain takes ~0.2 s the next test need not wait."""
     started: list[GatewayProcess] = []
 
     def start(**env: str) -> GatewayProcess:
@@ -255,15 +279,14 @@ def gateway_factory(launch_gateway: Callable[..., GatewayProcess]) -> Iterator[C
         return started[-1]
 
     yield start
-    stop_all(started)
+    for gw in started:
+        gw.stop()
 
 
 def stop_all(gateways: list[GatewayProcess]) -> None:
-    running = [gw for gw in gateways if gw.process is not None and gw.process.poll() is None]
-    for gw in running:  # all at once: each drains on its own
-        assert gw.process is not None
-        gw.process.send_signal(signal.SIGTERM)
-    for gw in running:
+    for gw in gateways:  # all at once: each drains on its own
+        gw.stop()
+    for gw in gateways:
         gw.terminate()
 
 

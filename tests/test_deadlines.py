@@ -100,11 +100,11 @@ def test_a_pipelined_request_still_has_a_header_deadline_after_a_long_answer(gat
     gw = gateway_factory(HEADER_TIMEOUT="1")
     user_id = new_user()
     run(add_profile(gw.database_url, user_id))
-    slow = json.dumps({"model": "letta-slow-2.5", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    slow = json.dumps({"model": "letta-slow-1.5", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
     async def scenario() -> list[int]:
         reader, writer = await open_gateway(gw)
-        # A 2.5 s answer, and behind it the start of a second request whose headers never end.
+        # A 1.5 s answer (past HEADER_TIMEOUT), and behind it the start of a second request whose headers never end.
         writer.write(
             head(gw, user_id, len(slow)) + slow + b"POST /api/v1/agents/u/messages/chat/completions HTTP/1.1\r\n"
         )

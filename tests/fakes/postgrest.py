@@ -200,7 +200,7 @@ class FakePostgrest:
         app.router.add_get("/rest/v1/{table}", self._get)
         for method in ("POST", "PATCH", "DELETE"):
             app.router.add_route(method, "/rest/v1/{table}", self._get)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)  # a `delay` is not waited out
         await self._runner.setup()
         sock = socket.socket()
         sock.bind((self.host, self.port))

@@ -17,6 +17,8 @@ from tests.conftest import GatewayProcess, add_profile, new_user, run, wait_for_
 from tests.fakes.letta import LETTA_KEY, FakeAMS, FakeLetta
 from tests.fakes.litellm import FakeLiteLLM
 
+pytestmark = pytest.mark.xdist_group("frontend_routes")  # one worker: its fakes and gateway start once, not on each
+
 JWT_SECRET = "supabase-jwt-secret-for-tests-0123456789abcdef"
 ORIGIN = "http://app.example"
 

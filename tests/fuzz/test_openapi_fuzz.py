@@ -36,9 +36,9 @@ def test_no_input_from_the_schema_makes_a_5xx_or_an_off_schema_answer(gateway_fa
             "--phases",
             "examples,fuzzing",  # not coverage: hypothesis trips a CPython 3.11 ast bug there
             "--max-examples",
-            "40",
+            "20",  # per operation: ~460 cases over all 31, each reached (40 took 1.5-3 s more)
             "--workers",
-            "2",
+            "1",  # two threads raced in hypothesis's ast.parse (a CPython 3.11 bug), and were slower
             "--header",
             f"Authorization: Bearer {SECRET}",
             "--seed",

@@ -89,7 +89,7 @@ def test_a_garbled_stream_ends_with_an_sse_error_and_an_estimate(gateway: Gatewa
 
 
 def test_hanging_upstream_is_a_504_billed_as_an_estimate(gateway_factory: Any) -> None:
-    gw = gateway_factory(LLM_TIMEOUT="1", REQUEST_TIMEOUT="1")
+    gw = gateway_factory(LLM_TIMEOUT="0.5", REQUEST_TIMEOUT="0.5")
     user_id = new_user()
     run(add_profile(gw.database_url, user_id))
     for stream in (False, True):

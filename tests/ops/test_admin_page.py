@@ -15,6 +15,8 @@ from pydantic import SecretStr
 from agent_gateway.ops.admin_page import COOKIE, AdminSessions
 from tests.conftest import GatewayProcess, new_user
 
+pytestmark = pytest.mark.xdist_group("admin_page")  # one worker: its gateway and browser start once, not on each
+
 ADMIN_KEY = "admin-key-for-the-page-tests-5e1d"
 USER_KEY = "sk-user-key-for-the-page-tests-77ab"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

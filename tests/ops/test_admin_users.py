@@ -14,6 +14,8 @@ from agent_gateway.domain import mask_key
 from tests.conftest import SECRET, GatewayProcess, new_user
 from tests.stores.test_profile_changes import answered_within, status
 
+pytestmark = pytest.mark.xdist_group("admin_users")  # one worker: its gateway starts once, not on each
+
 ADMIN_KEY = "admin-key-for-users-tests-2b7c"
 KEY = "sk-user-key-for-api-tests-9a1f"
 

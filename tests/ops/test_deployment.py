@@ -30,6 +30,9 @@ from dotenv import dotenv_values
 from agent_gateway.settings import load_settings
 from tests.conftest import free_port, settings_variables
 
+# One worker: the image venv is locked while in use, so a second worker would wait for it.
+pytestmark = pytest.mark.xdist_group("deployment")
+
 ROOT = Path(__file__).parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 # The .env an operator starts from: docs/deployment.md says to copy .env.example and set the secrets.
@@ -70,7 +73,7 @@ def image_env() -> dict[str, str]:
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The Dockerfile's install line, run as written but into a directory of its own instead of
     /opt/venv, in a copy of the build context. Its steps up to the locked dependencies are cached,
-    keyed by their text and the lock file; the package's own step runs every time."""
+    keyed by their text and the lock file; the package's own step runs when the context changed."""
     install = next(line for line in instructions("RUN") if "requirements.lock" in line)
     steps = [step.strip() for step in install.split("&&")]
     locked = max(i for i, step in enumerate(steps) if "requirements.lock" in step) + 1
@@ -94,7 +97,15 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             shutil.rmtree(venv, ignore_errors=True)
             run(steps[:locked])
             (venv / ".installed").touch()
-        run(steps[locked:])  # this checkout's package, over whatever an earlier run left
+        # This checkout's package, over whatever an earlier run left: again only if the context changed.
+        package = hashlib.sha256("\n".join(steps[locked:]).encode())
+        for path in sorted(p for p in context.rglob("*") if p.is_file()):
+            package.update(f"{path.relative_to(context)}\0".encode() + path.read_bytes())
+        installed = venv / ".package"
+        if not installed.exists() or installed.read_text() != package.hexdigest():
+            installed.unlink(missing_ok=True)
+            run(steps[locked:])
+            installed.write_text(package.hexdigest())
         yield venv
 
 

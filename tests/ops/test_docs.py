@@ -21,6 +21,8 @@ from agent_gateway.settings import Settings
 from tests.conftest import GatewayProcess, add_profile, run, settings_variables
 from tests.fakes.litellm import FakeLiteLLM
 
+pytestmark = pytest.mark.xdist_group("docs")  # one worker: its gateway starts once, not on each
+
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

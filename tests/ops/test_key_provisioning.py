@@ -23,6 +23,8 @@ from tests.fakes.litellm import MASTER_KEY, FakeLiteLLM
 from tests.ops.test_admin_users import ADMIN_KEY, Admin, error_of
 from tests.stores.test_profile_changes import status
 
+pytestmark = pytest.mark.xdist_group("key_provisioning")  # one worker: its gateway starts once, not on each
+
 SOON = ": takes effect within 1 s on every instance\n"
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from tests.faults.postgres import ThrowawayPostgres
 
+pytestmark = pytest.mark.xdist_group("supabase_schema")  # one worker: one throwaway cluster, not two
+
 MIGRATION = (Path(__file__).parents[2] / "deploy" / "supabase" / "user_profiles.sql").read_text()
 # What every Supabase project has before its own migrations run (roles, the auth schema, auth.uid()).
 SUPABASE = """
