@@ -61,10 +61,11 @@ class MemoryRateLimiter:
         while hits and hits[0] <= horizon:
             hits.popleft()
         if len(hits) >= rate.limit:
-            retry = hits[-rate.limit] + rate.period - now
-            return RateDecision(False, 0, hits[0] + rate.period - now, retry)
+            # period - age, not (hit + period) - now: that can round to a hair over the period.
+            retry = rate.period - (now - hits[-rate.limit])
+            return RateDecision(False, 0, rate.period - (now - hits[0]), retry)
         hits.append(now)
-        return RateDecision(True, rate.limit - len(hits), hits[0] + rate.period - now, 0.0)
+        return RateDecision(True, rate.limit - len(hits), rate.period - (now - hits[0]), 0.0)
 
 
 # KEYS[1] the log; ARGV: limit, period in ms, the hit's unique member. Redis' own clock is the
