@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from agent_gateway.domain import Usage
 from agent_gateway.llm.metering import StreamMeter, read_usage
 
 
@@ -54,6 +55,12 @@ def test_crlf_events_are_understood() -> None:
     out = meter.feed(stream[:40]) + meter.feed(stream[40:]) + meter.flush()
     assert meter.usage is not None and meter.usage.total_tokens == 11
     assert b'"usage"' not in out and out.count(b"\r\n\r\n") == 4
+
+
+def test_counts_no_call_could_reach_are_no_report() -> None:
+    """An upstream reporting 2**63 tokens wedged the ledger (SQLite and asyncpg refuse the value)."""
+    assert read_usage({"prompt_tokens": 2**63, "completion_tokens": 2**63, "total_tokens": 2**63}) is None
+    assert read_usage({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 2**63}) == Usage(11, 7, 0, 18)
 
 
 def test_empty_or_zero_usage_is_no_report() -> None:

@@ -267,6 +267,23 @@ async def test_recovery_leaves_the_calls_of_live_processes_alone(database: Datab
     await starting.close()
 
 
+async def test_a_start_does_not_take_silence_for_death(database: Database) -> None:
+    """Just after a database outage every live process looks silent: a process starting then
+    settled their calls and freed their reservations (17,000 of 10,000 billed). Silence is for
+    the heartbeat loop to judge, once its own beats have gone through that long."""
+    live = Ledger(database, instances=Instances(database, heartbeat=0.05))
+    await live.instances.beat()
+    entry = call()
+    live.admit(entry)
+    await live.flush()
+    await asyncio.sleep(0.3)  # the database was away: nobody could beat
+
+    starting = Ledger(database, flush_interval=3600, instances=Instances(database, heartbeat=0.05))
+    await starting.start()
+    assert (await row(database, entry))["state"] == "in_flight"
+    await starting.close()
+
+
 async def test_each_process_is_judged_by_its_own_heartbeat(database: Database) -> None:
     """A process beating every 10 s is not dead to one beating every 50 ms after 0.3 s of silence."""
     slow = Ledger(database, instances=Instances(database, heartbeat=10.0))

@@ -216,8 +216,8 @@ class MemoryBudgets:
 # KEYS: month used, month reservations, its total, token window, its total, this instance's
 # reservations, the request log, the call's abandoned mark, its reclaimed mark (for _SETTLE).
 # ARGV: tokens, id, monthly limit (-1 = none), reservation ttl ms, month total from the ledger
-# ('' = not loaded), token limit (-1 = none), window ms, '1' to replace the month total with the
-# ledger's, the call's estimate, request limit (-1 = none), request window ms. Returns {outcome, used, reserved, retry ms, requests left, request reset ms}.
+# ('' = not loaded), token limit (-1 = none), window ms, the call's estimate, request limit
+# (-1 = none), request window ms, then the ledger's calls in flight when it loads the month. Returns {outcome, used, reserved, retry ms, requests left, request reset ms}.
 # The request log is `rate.py`'s sliding log, here so that one admission is one round trip.
 _RESERVE = """
 local t = redis.call('TIME')
@@ -228,9 +228,9 @@ local monthly = tonumber(ARGV[3])
 if redis.call('EXISTS', KEYS[8]) == 1 then return {-2, 0, 0, 0, 0, 0} end
 if monthly >= 0 and ARGV[5] == '' and redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0, 0, 0, 0} end
 local left, reset = 0, 0
-local requests = tonumber(ARGV[10])
+local requests = tonumber(ARGV[9])
 if requests >= 0 then
-  local period = tonumber(ARGV[11])
+  local period = tonumber(ARGV[10])
   redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now - period)
   local count = redis.call('ZCARD', KEYS[7])
   local oldest = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
@@ -260,22 +260,30 @@ end
 local used, reserved = 0, 0
 if monthly >= 0 then
   local current = redis.call('GET', KEYS[1])
-  if ARGV[8] == '1' or not current then
+  if not current then
     redis.call('SET', KEYS[1], ARGV[5], 'EX', 3456000)  -- 40 days: a month and its stragglers
     current = ARGV[5]
-    -- The reservations are the ledger's calls in flight (ARGV[12..], id then tokens), no more:
-    -- Redis lost them with the month, or kept some whose settlement it missed (it was away),
-    -- and those the ledger's total counts already.
+    -- The reservations become the ledger's calls in flight (ARGV[11..], id then tokens), and
+    -- those admitted in the last 2 s, whose rows the ledger may not have committed yet. Older
+    -- ones it does not list have ended: Redis missed their settlement (it was away), and the
+    -- ledger's total counts them already.
     local ttl = tonumber(ARGV[4])
-    redis.call('DEL', KEYS[2], KEYS[3])
-    for i = 12, #ARGV, 2 do
-      redis.call('ZADD', KEYS[2], now + ttl, ARGV[i] .. ':' .. ARGV[i + 1])
-      redis.call('INCRBY', KEYS[3], ARGV[i + 1])
+    local listed = {}
+    for i = 11, #ARGV, 2 do listed[ARGV[i] .. ':' .. ARGV[i + 1]] = tonumber(ARGV[i + 1]) end
+    local kept = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+    for i = 1, #kept, 2 do
+      if tonumber(kept[i + 1]) < now + ttl - 2000 and not listed[kept[i]] then
+        redis.call('ZREM', KEYS[2], kept[i])
+        redis.call('DECRBY', KEYS[3], tonumber(string.match(kept[i], ':(%d+)$')))
+      end
     end
-    if #ARGV >= 12 then
-      redis.call('PEXPIRE', KEYS[2], ttl)
-      redis.call('PEXPIRE', KEYS[3], ttl)
+    for held_member, held_tokens in pairs(listed) do
+      if redis.call('ZADD', KEYS[2], 'NX', now + ttl, held_member) == 1 then
+        redis.call('INCRBY', KEYS[3], held_tokens)
+      end
     end
+    redis.call('PEXPIRE', KEYS[2], ttl)
+    redis.call('PEXPIRE', KEYS[3], ttl)
   end
   used = tonumber(current)
   reserved = held(KEYS[2], KEYS[3])
@@ -306,7 +314,7 @@ if monthly >= 0 then
   redis.call('PEXPIRE', KEYS[2], ttl)
   redis.call('PEXPIRE', KEYS[3], ttl)
   -- The instance's own record, so that another can free this if the instance dies.
-  redis.call('HSET', KEYS[6], member, KEYS[1] .. '|' .. KEYS[2] .. '|' .. KEYS[3] .. '|' .. ARGV[9])
+  redis.call('HSET', KEYS[6], member, KEYS[1] .. '|' .. KEYS[2] .. '|' .. KEYS[3] .. '|' .. ARGV[8])
   redis.call('PEXPIRE', KEYS[6], ttl)
 end
 return {1, used, reserved, 0, left, reset}
@@ -367,9 +375,8 @@ _HELD = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local current = redis.call('GET', KEYS[1])
-if not current then
+if not current then  -- read, not stored: loading is the admission's (it rebuilds the reservations)
   if ARGV[1] == '' then return -1 end
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', 3456000)
   current = ARGV[1]
 end
 local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -473,7 +480,6 @@ class RedisBudgets:
             "",
             request.token_rate.limit if request.token_rate else -1,
             int(request.token_rate.period * 1000) if request.token_rate else 0,
-            "0",
             request.estimate,
             request.requests.limit if request.requests else -1,
             int(request.requests.period * 1000) if request.requests else 0,
@@ -503,8 +509,14 @@ class RedisBudgets:
         args = list(args)
         month = (request.user_id, request.month)
         if month in self._stale and request.monthly_limit is not None:
-            args[4], args[7] = await self.month_total(*month), "1"
-            args += await self._held_in_ledger(month)
+            # Redis' total missed this instance's calls: drop it, once for all the calls here, and
+            # whoever comes first (any instance) reloads it from the ledger.
+            self._stale.discard(month)
+            try:
+                await self.redis.delete(keys[0])
+            except BaseException:
+                self._stale.add(month)
+                raise
         result: list[Any] = await self._reserve(keys=keys, args=args)
         if int(result[0]) == NEEDS_LOAD:
             args[4] = await self.month_total(*month)

@@ -64,8 +64,13 @@ def estimate(prompt_estimate: int, streamed_bytes: int = 0) -> Usage:
     return Usage(prompt_estimate, completion, 0, prompt_estimate + completion, estimated=True)
 
 
+# Beyond any real call, and far within what the ledger's 64-bit columns and Redis' counters add up:
+# a larger count is garbage, which wedged the ledger (SQLite and asyncpg refuse 2**63).
+_MOST_TOKENS = 2**40
+
+
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
+    return value if isinstance(value, int) and 0 <= value <= _MOST_TOKENS else 0
 
 
 class StreamMeter:

@@ -37,7 +37,7 @@ FLUSH_INTERVAL = 0.2
 CLOSE_RETRY_SECONDS = 5.0  # the final write waits this long for a locked or briefly absent database
 _DATABASE_ERRORS = (sa.exc.SQLAlchemyError, sqlite3.Error, OSError, TimeoutError)
 # A row the database refuses for what it holds: retrying it would fail forever, and hold back the rest.
-_REFUSED = (sa.exc.IntegrityError, sa.exc.DataError, sqlite3.IntegrityError, sqlite3.DataError)
+_REFUSED = (sa.exc.IntegrityError, sa.exc.DataError, sqlite3.IntegrityError, sqlite3.DataError, OverflowError)
 IN_FLIGHT, SETTLED = "in_flight", "settled"
 
 
@@ -183,7 +183,8 @@ class Ledger:
         replayed = await self.flush()  # an earlier process's outbox first, then what it left in flight
         if replayed:
             log.warning("wrote rows an earlier process left in the outbox", extra={"rows": replayed})
-        await self.recover(unowned=True)
+        # Not by silence yet: just after a database outage every live instance looks silent.
+        await self.recover(unowned=True, steady_for=0.0)
         self._flusher = asyncio.create_task(self._flush_forever(), name="ledger-flusher")
 
     async def recover(self, unowned: bool = False, steady_for: float = math.inf) -> int:
