@@ -214,7 +214,7 @@ class MemoryBudgets:
 # Each held amount is a zset (member `id:tokens`, score = when it stops counting) plus a running
 # total beside it, so an admission costs O(1) plus what expired since the last one.
 # KEYS: month used, month reservations, its total, token window, its total, this instance's
-# reservations, the request log, the call's abandoned mark, its reclaimed mark (for _SETTLE).
+# reservations, the request log, the call's abandoned mark, its reclaimed and settled marks.
 # ARGV: tokens, id, monthly limit (-1 = none), reservation ttl ms, month total from the ledger
 # ('' = not loaded), token limit (-1 = none), window ms, the call's estimate, request limit
 # (-1 = none), request window ms, then the ledger's calls in flight when it loads the month. Returns {outcome, used, reserved, retry ms, requests left, request reset ms}.
@@ -277,8 +277,12 @@ if monthly >= 0 then
         redis.call('DECRBY', KEYS[3], tonumber(string.match(kept[i], ':(%d+)$')))
       end
     end
+    -- A listed call Redis saw settle in the last seconds has ended; its row's settlement is in
+    -- its instance's next ledger batch.
+    local settled = string.sub(KEYS[10], 1, #KEYS[10] - #ARGV[2])
     for held_member, held_tokens in pairs(listed) do
-      if redis.call('ZADD', KEYS[2], 'NX', now + ttl, held_member) == 1 then
+      local id = string.match(held_member, '^(.*):%d+$')
+      if redis.call('EXISTS', settled .. id) == 0 and redis.call('ZADD', KEYS[2], 'NX', now + ttl, held_member) == 1 then
         redis.call('INCRBY', KEYS[3], held_tokens)
       end
     end
@@ -325,6 +329,7 @@ return {1, used, reserved, 0, left, reset}
 # was taken for dead (it stalled) had its estimate added by the reclaim: only the rest is added.
 _SETTLE = """
 local reserved = ARGV[1] .. ':' .. ARGV[2]
+redis.call('SET', KEYS[10], 1, 'PX', 10000)  -- for a reload from a ledger that has not this yet
 if redis.call('ZREM', KEYS[2], reserved) == 1 then redis.call('DECRBY', KEYS[3], ARGV[2]) end
 redis.call('HDEL', KEYS[6], reserved)
 local actual = tonumber(ARGV[3])
@@ -439,6 +444,7 @@ class RedisBudgets:
             requests,
             f"{self.prefix}abandoned:{request.reservation_id}",
             f"{self.prefix}reclaimed:{request.reservation_id}",
+            f"{self.prefix}settled:{request.reservation_id}",
         ]
 
     def _instance_key(self, instance: str, what: str) -> str:
