@@ -217,7 +217,8 @@ class MemoryBudgets:
 # reservations, the request log, the call's abandoned mark, its reclaimed and settled marks.
 # ARGV: tokens, id, monthly limit (-1 = none), reservation ttl ms, month total from the ledger
 # ('' = not loaded), token limit (-1 = none), window ms, the call's estimate, request limit
-# (-1 = none), request window ms, then the ledger's calls in flight when it loads the month. Returns {outcome, used, reserved, retry ms, requests left, request reset ms}.
+# (-1 = none), request window ms, then the ledger's calls in flight when it loads the month.
+# Returns {outcome, used, reserved, retry ms, requests left, request reset ms}.
 # The request log is `rate.py`'s sliding log, here so that one admission is one round trip.
 _RESERVE = """
 local t = redis.call('TIME')
@@ -552,7 +553,9 @@ class RedisBudgets:
             self._held_by_fallback.discard(request.reservation_id)
             self._stale.add((request.user_id, request.month))  # Redis never saw this call
             await self.fallback.settle(request, actual)
-            return
+            if self._failures.paused():
+                return
+            # A reload from the ledger while the call ran made it a reservation in Redis too.
         try:
             await self._settle(keys=self._keys(request), args=[request.reservation_id, request.tokens, actual])
         except (RedisError, OSError) as exc:
