@@ -254,6 +254,9 @@ def launch_gateway(
             "KEY_ENCRYPTION_KEY": SEAL_KEY,
             "LITELLM_BASE_URL": litellm.url,
             "DATABASE_URL": f"sqlite:///{workdir}/gateway.db",
+            # Its own home: the default outbox of a gateway on PostgreSQL is there, and test
+            # sessions on one machine must not replay each other's rows.
+            "AGENT_GATEWAY_HOME": str(workdir / "home"),
             "LOG_LEVEL": "INFO",
             "SHUTDOWN_GRACE_SECONDS": "5",
             # The 50 ms default counts the event loop's delays too, and these gateways run under

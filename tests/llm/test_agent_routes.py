@@ -347,13 +347,16 @@ def test_request_rate_limit_is_429_with_ratelimit_headers(gateway_factory: Any, 
     assert len(litellm.for_user(user_id)) == 3
 
 
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("status", [500, 429, 400])
-def test_upstream_errors_pass_through_unchanged(gateway: GatewayProcess, user: str, status: int) -> None:
+def test_upstream_errors_pass_through_unchanged(gateway: GatewayProcess, user: str, status: int, stream: bool) -> None:
+    """Streamed or not: an upstream error is an error answer, whole, not an SSE stream."""
     response = httpx.post(
         f"{gateway.agent_base(user)}/chat/completions",
         headers={"Authorization": f"Bearer {SECRET}"},
-        json={"model": f"error-{status}", "messages": [{"role": "user", "content": "x"}]},
+        json={"model": f"error-{status}", "messages": [{"role": "user", "content": "x"}], "stream": stream},
     )
+    assert response.headers["content-type"].startswith("application/json")
     assert response.status_code == status
     assert response.json()["error"]["message"] == f"litellm.Error: mock {status}"
     row = run(wait_for_rows(gateway.database_url, user, 1))[0]

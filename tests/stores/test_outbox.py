@@ -36,7 +36,19 @@ def test_a_claim_a_crashed_replay_left_is_replayed_by_the_next(tmp_path: Path) -
     outbox.spill([{"id": "a", "state": "in_flight"}])
     outbox.claim()  # ... and the process dies before writing the rows
     outbox.spill([{"id": "a", "state": "settled"}])
-    assert Outbox(tmp_path / "outbox.jsonl").read(outbox.claim()) == [{"id": "a", "state": "settled"}]
+    restarted = Outbox(tmp_path / "outbox.jsonl")
+    claims = restarted.claim()  # the claim left behind first: its states are the older ones
+    assert restarted.read(claims) == [{"id": "a", "state": "in_flight"}]
+    restarted.done(claims)
+    assert restarted.read(restarted.claim()) == [{"id": "a", "state": "settled"}]
+
+
+def test_the_tries_of_a_long_outage_make_one_claim(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.jsonl")
+    for attempt in range(5):  # each flush of an outage: spill, then a replay that fails
+        outbox.spill([{"id": f"r{attempt}"}])
+        claims = outbox.claim()
+    assert len(claims) == 1 and outbox.held() == 5
 
 
 def test_processes_appending_while_another_replays_lose_no_row(tmp_path: Path) -> None:

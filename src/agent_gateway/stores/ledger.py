@@ -180,7 +180,7 @@ class Ledger:
 
     async def start(self) -> None:
         await self.instances.beat()
-        replayed = await self.flush()  # an earlier process's outbox first, then what it left in flight
+        replayed = await self._flush_all()  # an earlier process's outbox first, then what it left in flight
         if replayed:
             log.warning("wrote rows an earlier process left in the outbox", extra={"rows": replayed})
         # Not by silence yet: just after a database outage every live instance looks silent.
@@ -283,8 +283,15 @@ class Ledger:
                 raise
             if claims:
                 self.outbox.done(claims)
-                self._spilled = False
+                self._spilled = self.outbox.exists()  # rows spilled after the claim: the next flush
             return len(kept) + len(batch)
+
+    async def _flush_all(self) -> int:
+        """Flush until the outbox is empty too (it is replayed one claim at a time)."""
+        written = await self.flush()
+        while self._spilled:
+            written += await self.flush()
+        return written
 
     async def _write(self, groups: list[list[LedgerEntry]]) -> None:
         if self._sqlite is not None:
@@ -346,7 +353,7 @@ class Ledger:
         deadline = asyncio.get_running_loop().time() + CLOSE_RETRY_SECONDS
         while True:
             try:
-                await self.flush()
+                await self._flush_all()
                 return 0
             except _DATABASE_ERRORS as exc:
                 if asyncio.get_running_loop().time() > deadline:

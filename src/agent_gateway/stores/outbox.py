@@ -39,10 +39,13 @@ class Outbox:
             _append(self.refused, rows)
 
     def claim(self) -> list[Path]:
-        """Claim what the file holds for a replay; returns every claim on disk, oldest first
-        (this one, and those of a replay that failed or a process that crashed)."""
+        """The claims to replay, oldest first: those on disk (of a replay that failed, or of a
+        process that crashed), else a new one of what the file holds. One claim at a time, so
+        that the tries of a long outage do not pile up claims to read again and again."""
         if self.path is None:
             return []
+        if claims := self._claims():
+            return claims
         try:
             descriptor = _locked(self.path, os.O_RDONLY)
         except FileNotFoundError:
@@ -52,6 +55,10 @@ class Outbox:
                 os.rename(self.path, self.path.with_name(f"{self.path.name}.{time.time_ns()}-{os.getpid()}.replay"))
             finally:
                 os.close(descriptor)
+        return self._claims()
+
+    def _claims(self) -> list[Path]:
+        assert self.path is not None
         return sorted(self.path.parent.glob(f"{self.path.name}.*.replay"))
 
     @staticmethod
@@ -76,12 +83,10 @@ class Outbox:
         """How many rows are waiting, claimed or not."""
         if self.path is None:
             return 0
-        return len(self.read([*sorted(self.path.parent.glob(f"{self.path.name}.*.replay")), self.path]))
+        return len(self.read([*self._claims(), self.path]))
 
     def exists(self) -> bool:
-        return self.path is not None and (
-            self.path.exists() or any(self.path.parent.glob(f"{self.path.name}.*.replay"))
-        )
+        return self.path is not None and (self.path.exists() or bool(self._claims()))
 
     @staticmethod
     def done(claims: list[Path]) -> None:
