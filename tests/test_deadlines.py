@@ -170,6 +170,29 @@ def test_a_body_slower_than_the_timeout_but_above_the_minimum_rate_is_served(gat
     assert status == 408 and answered["error"]["code"] == "request_timeout"
 
 
+def test_a_client_still_sending_its_body_reads_the_408(gateway_factory: Any) -> None:
+    """The gateway answers a too-slow body before the body ends. Closing then, with the client's
+    bytes unread, reset the connection, and the client lost the answer (a CI flake): the gateway
+    now ends its side and drops what still comes before closing."""
+    gw = gateway_factory(BODY_TIMEOUT="1", MIN_BODY_RATE="1000")
+    user_id = new_user()
+    run(add_profile(gw.database_url, user_id))
+
+    async def keep_sending() -> tuple[int, dict[str, Any]]:
+        reader, writer = await open_gateway(gw)
+        writer.write(head(gw, user_id, 100_000) + b'{"model": "gpt-4o-mini", "messages": [')
+        for _ in range(10):  # on past the answer (at ~1 s), as a client that does not read yet would
+            await asyncio.sleep(0.15)
+            writer.write(b" " * 100)
+        try:
+            return await answer(reader, within=5)
+        finally:
+            writer.close()
+
+    status, answered = run(keep_sending())
+    assert status == 408 and answered["error"]["code"] == "request_timeout"
+
+
 def test_one_user_cannot_take_every_slot(gateway_factory: Any) -> None:
     gw = gateway_factory(MAX_CONCURRENT_REQUESTS="10", MAX_CONCURRENT_PER_USER="2", BODY_TIMEOUT="2")
     greedy, other = new_user(), new_user()

@@ -36,7 +36,8 @@ class ClientDeadlinesProtocol(HttpToolsProtocol):
         return cls
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        self._lingering = _Lingering(transport, self)
+        super().connection_made(self._lingering)  # type: ignore[arg-type]  # a transport, proxied
         self._header_bytes = 0  # the current request's line and headers, as parsed
         self._raw_header_bytes = 0  # bytes read since its headers began, parsed or not
         self._in_headers = True
@@ -45,7 +46,7 @@ class ClientDeadlinesProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._lingering.lingering:
             return  # what a refused client still sends is read and dropped, until we close
         if self._in_headers:
             self._raw_header_bytes += len(data)
@@ -122,3 +123,31 @@ class ClientDeadlinesProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+
+
+class _Lingering:
+    """The connection's transport, whose `close` lingers while the client is still sending the
+    request's body (an answer before the body's end: a slow or oversized body, 401, 413): uvicorn
+    closes at once, and the unread bytes made the kernel reset the connection, which could destroy
+    the answer before the client read it. Our side ends now; the rest is dropped, then closed."""
+
+    def __init__(self, transport: Any, protocol: HttpToolsProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self.lingering = False
+
+    def close(self) -> None:
+        cycle = self._protocol.cycle
+        if self.lingering or cycle is None or not cycle.more_body or self._transport.is_closing():
+            self._transport.close()
+            return
+        self.lingering = True
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        self._protocol.loop.call_later(_LINGER_SECONDS, self._transport.close)
+
+    def is_closing(self) -> bool:
+        return self.lingering or bool(self._transport.is_closing())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
