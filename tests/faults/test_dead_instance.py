@@ -9,7 +9,8 @@ import asyncio
 import signal
 import sqlite3
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -20,6 +21,24 @@ pytestmark = pytest.mark.faults  # real processes killed and servers stopped: `-
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2000}
 HANG = {**CHAT, "model": "hang"}  # the fake LiteLLM never answers it
+T = TypeVar("T")
+
+
+async def hold_two_reservations_then_die(
+    gateway: Any, user_id: str, meanwhile: Callable[[httpx.AsyncClient], Awaitable[T]]
+) -> T:
+    """Two calls admitted on `gateway` (reserving ~2,000 each, held by an upstream that never
+    answers), then what `meanwhile` does, then the gateway SIGKILLed; what `meanwhile` returned."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        endpoint = f"{gateway.agent_base(user_id)}/chat/completions"
+        headers = {"Authorization": f"Bearer {SECRET}"}
+        calls = [asyncio.create_task(http.post(endpoint, headers=headers, json=HANG)) for _ in range(2)]
+        await asyncio.sleep(1.0)  # both admitted, waiting on the upstream
+        result = await meanwhile(http)
+        assert gateway.process is not None
+        gateway.process.send_signal(signal.SIGKILL)
+        await asyncio.gather(*calls, return_exceptions=True)
+        return result
 
 
 @pytest.fixture(params=["redis", "database"])
@@ -44,22 +63,15 @@ def test_the_reservations_of_a_killed_instance_are_freed_by_another(
     run(add_profile(doomed.database_url, user_id, monthly_limit=5000))
     headers = {"Authorization": f"Bearer {SECRET}"}
 
-    async def hold_two_reservations() -> int:
-        async with httpx.AsyncClient(timeout=30) as http:
-            endpoint = f"{doomed.agent_base(user_id)}/chat/completions"
-            calls = [asyncio.create_task(http.post(endpoint, headers=headers, json=HANG)) for _ in range(2)]
-            await asyncio.sleep(1.0)  # both admitted, waiting on the upstream that never answers
-            # Started now, beside the live instance: it must not take the live calls for crashed ones.
-            survivor.append(gateway_factory(**{**env, "DATABASE_URL": doomed.database_url}))
-            # Two reservations of ~2,000 hold 4,000 of 5,000: another 2,000 does not fit.
-            before = await http.post(f"{survivor[0].agent_base(user_id)}/chat/completions", headers=headers, json=CHAT)
-            assert doomed.process is not None
-            doomed.process.send_signal(signal.SIGKILL)
-            await asyncio.gather(*calls, return_exceptions=True)
-            return before.status_code
+    async def beside_the_live_instance(http: httpx.AsyncClient) -> int:
+        # Started now, beside the live instance: it must not take the live calls for crashed ones.
+        survivor.append(gateway_factory(**{**env, "DATABASE_URL": doomed.database_url}))
+        # Two reservations of ~2,000 hold 4,000 of 5,000: another 2,000 does not fit.
+        before = await http.post(f"{survivor[0].agent_base(user_id)}/chat/completions", headers=headers, json=CHAT)
+        return before.status_code
 
     survivor: list[Any] = []
-    assert run(hold_two_reservations()) == 429
+    assert run(hold_two_reservations_then_die(doomed, user_id, beside_the_live_instance)) == 429
     killed = time.monotonic()
     statuses = []
     deadline = time.monotonic() + 10
@@ -125,16 +137,10 @@ def test_a_gateway_restarted_after_a_crash_frees_what_it_held_at_once(gateway_fa
     run(add_profile(crashed.database_url, user_id, monthly_limit=5000))
     headers = {"Authorization": f"Bearer {SECRET}"}
 
-    async def hold_two_reservations() -> None:
-        async with httpx.AsyncClient(timeout=30) as http:
-            endpoint = f"{crashed.agent_base(user_id)}/chat/completions"
-            calls = [asyncio.create_task(http.post(endpoint, headers=headers, json=HANG)) for _ in range(2)]
-            await asyncio.sleep(1.0)  # both admitted, waiting on the upstream that never answers
-            assert crashed.process is not None
-            crashed.process.send_signal(signal.SIGKILL)
-            await asyncio.gather(*calls, return_exceptions=True)
+    async def nothing(_http: httpx.AsyncClient) -> None:
+        return None
 
-    run(hold_two_reservations())
+    run(hold_two_reservations_then_die(crashed, user_id, nothing))
     assert crashed.process is not None and crashed.process.wait(10) == -signal.SIGKILL
     restarted = gateway_factory(REDIS_URL=redis_url, DATABASE_URL=crashed.database_url)
     answer = httpx.post(f"{restarted.agent_base(user_id)}/chat/completions", headers=headers, json=CHAT)

@@ -57,6 +57,23 @@ def receiver() -> Iterator[OtlpReceiver]:
     server.stop()
 
 
+def call_in_trace(gw: Any, user_id: str) -> httpx.Response:
+    """A chat call made under the caller's trace context (TRACE_ID, PARENT_ID)."""
+    return httpx.post(
+        f"{gw.agent_base(user_id)}/chat/completions",
+        headers={"Authorization": f"Bearer {SECRET}", "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
+
+
+def spans_of_the_trace(receiver: OtlpReceiver) -> tuple[list[Span], Span, Span]:
+    """The caller's trace (not the start-up's /ping): every span, the server's, the client's."""
+    spans = [s for s in receiver.wait_for(2) if s.trace_id.hex() == TRACE_ID]
+    server = next(s for s in spans if s.kind == Span.SPAN_KIND_SERVER)
+    client = next(s for s in spans if s.kind == Span.SPAN_KIND_CLIENT)
+    return spans, server, client
+
+
 def attributes(span: Span) -> dict[str, Any]:
     return {a.key: a.value.string_value or a.value.int_value for a in span.attributes}
 
@@ -67,16 +84,10 @@ def test_a_call_is_a_server_span_under_the_callers_with_a_client_span_for_litell
     gw = gateway_factory(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, OTEL_BSP_SCHEDULE_DELAY="100")
     user_id = new_user()
     run(add_profile(gw.database_url, user_id))
-    answer = httpx.post(
-        f"{gw.agent_base(user_id)}/chat/completions",
-        headers={"Authorization": f"Bearer {SECRET}", "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
-        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
-    )
+    answer = call_in_trace(gw, user_id)
     assert answer.status_code == 200
 
-    spans = [s for s in receiver.wait_for(2) if s.trace_id.hex() == TRACE_ID]  # not the start-up's /ping
-    server = next(s for s in spans if s.kind == Span.SPAN_KIND_SERVER)
-    client = next(s for s in spans if s.kind == Span.SPAN_KIND_CLIENT)
+    spans, server, client = spans_of_the_trace(receiver)
     assert server.trace_id.hex() == TRACE_ID and server.parent_span_id.hex() == PARENT_ID
     assert server.name == "POST /api/v1/agents/{user_id}/messages/chat/completions"  # no user id in it
     assert attributes(server)["http.response.status_code"] == 200
@@ -100,16 +111,10 @@ def test_an_unreachable_upstream_is_an_error_span_naming_only_the_failures_type(
     )
     user_id = new_user()
     run(add_profile(gw.database_url, user_id))
-    answer = httpx.post(
-        f"{gw.agent_base(user_id)}/chat/completions",
-        headers={"Authorization": f"Bearer {SECRET}", "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
-        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
-    )
+    answer = call_in_trace(gw, user_id)
     assert answer.status_code == 502
 
-    spans = [s for s in receiver.wait_for(2) if s.trace_id.hex() == TRACE_ID]
-    server = next(s for s in spans if s.kind == Span.SPAN_KIND_SERVER)
-    client = next(s for s in spans if s.kind == Span.SPAN_KIND_CLIENT)
+    spans, server, client = spans_of_the_trace(receiver)
     assert server.status.code == Status.STATUS_CODE_ERROR and attributes(server)["http.response.status_code"] == 502
     # The failure's type, not aiohttp's message (which names the host and may quote the request).
     assert client.status.code == Status.STATUS_CODE_ERROR and client.status.message == "UpstreamError"

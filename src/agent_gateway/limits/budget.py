@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as ConnectionLost
 from redis.exceptions import RedisError
 
 from agent_gateway.domain import Rate
@@ -492,19 +491,15 @@ class RedisBudgets:
             int(request.requests.period * 1000) if request.requests else 0,
         ]
         keys = self._keys(request)
-
-        async def undo_then_reserve() -> list[Any]:
-            # The reply lost with the connection may be of a script that ran: undo what it did.
-            await self._settle(keys=keys, args=[request.reservation_id, request.tokens, 0])
-            return await self._reserve_once(request, keys, args)
-
         if self._failures.paused():
             return await self._degraded(request, None)
         try:
-            try:
-                result = await self._reserve_once(request, keys, args)
-            except ConnectionLost:
-                result = await once_more_if_reset(self.redis, undo_then_reserve)
+            result = await once_more_if_reset(
+                self.redis,
+                lambda: self._reserve_once(request, keys, args),
+                # A reservation is not idempotent: settling it with 0 takes back what it did.
+                undo=lambda: self._settle(keys=keys, args=[request.reservation_id, request.tokens, 0]),
+            )
             self._stale.discard((request.user_id, request.month))
         except (RedisError, OSError) as exc:
             return await self._degraded(request, exc)

@@ -49,18 +49,23 @@ def connect_redis(settings: Settings, timeout: float | None, **options: Any) -> 
     return Redis(connection_pool=pool)
 
 
-async def once_more_if_reset(redis: Redis, call: Callable[[], Awaitable[T]]) -> T:
+async def once_more_if_reset(
+    redis: Redis, call: Callable[[], Awaitable[T]], undo: Callable[[], Awaitable[object]] | None = None
+) -> T:
     """`call`, made again on a new connection if its connection broke.
 
     After a Redis restart every pooled connection is dead, and each failed one call (a 503 each in
-    `closed` mode): the pool now drops its other idle ones too, and the call is retried once. Only
-    for idempotent calls: the server may have run the broken one before its reply was lost. A
-    timeout is not retried: a hung Redis may still run the call later.
+    `closed` mode): the pool now drops its other idle ones too, and the call is retried once. The
+    server may have run the broken call before its reply was lost: the call must be idempotent,
+    or `undo` take back what it did. A timeout is not retried: a hung Redis may still run the call
+    later.
     """
     try:
         return await call()
     except ConnectionLost:
         await redis.connection_pool.disconnect(inuse_connections=False)
+        if undo is not None:
+            await undo()
         return await call()
 
 
